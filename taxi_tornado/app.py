@@ -1,0 +1,179 @@
+"""Builds the application from Settings; starts it, and stops it gracefully.
+
+`Server` owns the long-lived parts (store, hub, plugins, listening sockets). `stop()` is
+the drain of ARCHITECTURE.md, Operations: stop accepting, /readyz 503, close every socket
+with 1001, wait at most drain_timeout, close broker and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from taxi_tornado.auth import TokenAuthority
+from taxi_tornado.handlers import api, auth, socket
+from taxi_tornado.handlers.base import NotFoundHandler
+from taxi_tornado.hub import Hub, build_broker
+from taxi_tornado.logs import log_request
+from taxi_tornado.plugins.api import Registry
+from taxi_tornado.plugins.loader import PluginInfo, load_plugins
+from taxi_tornado.settings import Settings
+from taxi_tornado.store import Store, open_store
+
+if TYPE_CHECKING:
+    import socket as pysocket
+
+log = logging.getLogger("taxi_tornado.app")
+
+
+@dataclass(eq=False)
+class Services:
+    """The shared parts every handler reaches through `self.services`."""
+
+    settings: Settings
+    store: Store
+    hub: Hub
+    registry: Registry
+    tokens: TokenAuthority
+    plugins: list[PluginInfo] = field(default_factory=list)
+    sockets: set[socket.TaxiSocket] = field(default_factory=set)
+    draining: bool = False
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+
+def build_services(settings: Settings, registry: Registry | None = None,
+                   plugins: list[PluginInfo] | None = None) -> Services:
+    """Everything but the network; plugins load here so that a conflict stops start-up."""
+    if registry is None:
+        registry, plugins = load_plugins(settings.plugins.disabled)
+    return Services(
+        settings=settings,
+        store=open_store(settings.store_url),
+        hub=Hub(build_broker(settings.hub.url, settings.hub.prefix)),
+        registry=registry,
+        tokens=TokenAuthority(settings.auth),
+        plugins=plugins or [],
+    )
+
+
+def build_application(services: Services) -> tornado.web.Application:
+    server = services.settings.server
+    path = server.socket_path.rstrip("/")
+    kwargs = {"services": services}
+    routes: list[Any] = [
+        (rf"{path}/?", socket.TaxiSocket, kwargs),
+        (r"/api/sign_up/?", auth.SignUpHandler, kwargs),
+        (r"/api/log_in/?", auth.LogInHandler, kwargs),
+        (r"/api/token/refresh/?", auth.RefreshHandler, kwargs),
+        (r"/api/trip/?", api.TripListHandler, kwargs),
+        (r"/api/trip/([^/]+)/?", api.TripDetailHandler, kwargs),
+        (r"/api/hub/publish/?", api.HubPublishHandler, kwargs),
+        (r"/media/photos/([^/]+)", auth.PhotoHandler, kwargs),
+        (r"/healthz/?", api.HealthHandler, kwargs),
+        (r"/readyz/?", api.ReadyHandler, kwargs),
+        (r"/metrics/?", api.MetricsHandler, kwargs),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=kwargs,
+        websocket_max_message_size=server.max_message_size,
+        websocket_ping_interval=server.ping_interval or None,
+        websocket_ping_timeout=server.ping_timeout or None,
+        log_function=log_request,
+        xheaders=server.xheaders,
+    )
+
+
+class Server:
+    """One serving process: start() to listen, stop() to drain and close."""
+
+    def __init__(self, settings: Settings, services: Services | None = None) -> None:
+        self.settings = settings
+        self.services = services or build_services(settings)
+        self.http: HTTPServer | None = None
+        self.port = settings.server.port
+        self._stopped = asyncio.Event()
+
+    async def start(self, sockets: list[pysocket.socket] | None = None) -> None:
+        """Open the store and hub, then listen (on `sockets` when pre-bound by a fork)."""
+        services = self.services
+        await services.store.open()
+        await services.hub.start()
+        server = self.settings.server
+        app = build_application(services)
+        self.http = HTTPServer(
+            app,
+            xheaders=server.xheaders,
+            ssl_options=self._ssl_context(),
+            max_body_size=self.settings.media.max_photo_bytes + 1024 * 1024,
+        )
+        if sockets is None:
+            sockets = bind_sockets(server.port, server.host)
+        self.http.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        log.info("taxi_tornado listening on %s://%s:%s (store %s, hub %s)",
+                 "https" if server.tls_cert else "http", server.host, self.port,
+                 _safe_url(self.settings.store_url), _safe_url(self.settings.hub.url))
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        server = self.settings.server
+        if not server.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(server.tls_cert, server.tls_key)
+        return context
+
+    async def stop(self) -> None:
+        """Drain: refuse new work, close sockets with 1001, then release everything."""
+        services = self.services
+        if services.draining:
+            await self._stopped.wait()
+            return
+        services.draining = True
+        if self.http is not None:
+            self.http.stop()
+        for sock in list(services.sockets):
+            sock.shut_down()
+        deadline = time.monotonic() + self.settings.server.drain_timeout
+        while services.sockets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.http is not None:
+            try:
+                await asyncio.wait_for(self.http.close_all_connections(), timeout=1)
+            except TimeoutError:
+                log.warning("some HTTP connections were still open at shutdown")
+        for task in list(services.tasks):
+            await asyncio.wait([task], timeout=1)
+        await services.hub.stop()
+        await services.store.close()
+        self._stopped.set()
+        log.info("taxi_tornado stopped")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

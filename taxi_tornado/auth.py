@@ -1,0 +1,113 @@
+"""Passwords (argon2) and the JWT access/refresh pair of PROTOCOL.md, "Tokens"."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from taxi_tornado.settings import AuthSettings
+from taxi_tornado.store import User, photo_url
+
+ALGORITHM = "HS256"
+ACCESS = "access"
+REFRESH = "refresh"
+
+_hasher = PasswordHasher()
+# A real hash to verify against when the username is unknown, so that a failed log-in
+# takes as long whether or not the user exists.
+_DUMMY_HASH = _hasher.hash("not a password of anybody")
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, badly signed, expired or of the wrong type."""
+
+
+async def hash_password(password: str) -> str:
+    """Hash off the IOLoop: argon2 is deliberately slow."""
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    return await asyncio.to_thread(_verify, password_hash or _DUMMY_HASH, password)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password) and password_hash is not _DUMMY_HASH
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+class TokenAuthority:
+    """Issues and verifies the HS256 tokens for one deployment's settings."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.settings = settings
+        self.key = settings.secret_key
+        self.id_claim = settings.user_id_claim
+
+    def issue_pair(self, user: User, base_url: str) -> dict[str, str]:
+        return {"access": self.issue_access(user, base_url), "refresh": self.issue_refresh(user.id)}
+
+    def issue_access(self, user: User, base_url: str) -> str:
+        claims = self._claims(ACCESS, user.id, self.settings.access_ttl)
+        claims.update(
+            username=user.username,
+            first_name=user.first_name,
+            last_name=user.last_name,
+            group=user.group,
+            photo=photo_url(base_url, user.photo),
+        )
+        return jwt.encode(claims, self.key, algorithm=ALGORITHM)
+
+    def issue_refresh(self, user_id: str) -> str:
+        return jwt.encode(self._claims(REFRESH, user_id, self.settings.refresh_ttl), self.key,
+                          algorithm=ALGORITHM)
+
+    def _claims(self, token_type: str, user_id: str, ttl: int) -> dict[str, Any]:
+        issued = int(time.time())
+        return {
+            "token_type": token_type,
+            "exp": issued + ttl,
+            "iat": issued,
+            "jti": uuid.uuid4().hex,
+            self.id_claim: user_id,
+        }
+
+    def verify(self, token: str | None, token_type: str = ACCESS) -> dict[str, Any]:
+        """The token's claims, or InvalidToken; only `token_type` tokens pass."""
+        if not token:
+            raise InvalidToken("no token")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.key,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "iat", "jti", "token_type", self.id_claim]},
+            )
+        except jwt.PyJWTError as error:
+            raise InvalidToken(str(error)) from None
+        if claims.get("token_type") != token_type:
+            raise InvalidToken(f"not an {token_type} token")
+        if not isinstance(claims.get(self.id_claim), str):
+            raise InvalidToken("the user id claim is not a string")
+        return claims
+
+    def user_id(self, claims: dict[str, Any]) -> str:
+        return str(claims[self.id_claim])
+
+
+def token_from_request(authorization: str | None, query_token: str | None) -> str | None:
+    """The access token of a request: `Authorization: Bearer …` or `?token=…`."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    return query_token or None

@@ -1,0 +1,160 @@
+"""`taxi-tornado serve | createuser | plugins | check`.
+
+Every command reads the same settings; a bad one stops it with one line naming the key
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from taxi_tornado import __version__
+from taxi_tornado.app import Server, build_services
+from taxi_tornado.auth import hash_password
+from taxi_tornado.handlers.auth import validate_sign_up
+from taxi_tornado.logs import setup_logging
+from taxi_tornado.plugins.api import PluginError
+from taxi_tornado.plugins.loader import load_plugins
+from taxi_tornado.settings import Settings, SettingsError, load_settings
+from taxi_tornado.store import StoreError, UsernameTaken, open_store
+
+log = logging.getLogger("taxi_tornado")
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        settings = load_settings(args.config, create_secret=args.command != "check")
+        setup_logging(settings.log)
+        return int(args.run(settings, args))
+    except (SettingsError, PluginError, StoreError) as error:
+        print(f"taxi-tornado: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taxi-tornado", description="Real-time taxi hub.")
+    parser.add_argument("--version", action="version", version=f"taxi-tornado {__version__}")
+    parser.add_argument("--config", metavar="PATH",
+                        help="settings file (default: $TAXI_SETTINGS or ./settings.toml)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.set_defaults(run=serve_command)
+
+    check = commands.add_parser("check", help="validate the settings and plugins, then exit")
+    check.set_defaults(run=check_command)
+
+    plugins = commands.add_parser("plugins", help="list plugins and their message types")
+    plugins.set_defaults(run=plugins_command)
+
+    create = commands.add_parser("createuser", help="create a user from the terminal")
+    create.add_argument("username")
+    create.add_argument("--group", choices=("rider", "driver"), required=True)
+    create.add_argument("--first-name", default="")
+    create.add_argument("--last-name", default="")
+    create.add_argument("--password-stdin", action="store_true",
+                        help="read the password from standard input (for scripts)")
+    create.set_defaults(run=createuser_command)
+    return parser
+
+
+def serve_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
+    registry, plugins = load_plugins(settings.plugins.disabled)
+    sockets = None
+    if settings.server.processes > 1:
+        from tornado.netutil import bind_sockets
+        from tornado.process import fork_processes
+
+        sockets = bind_sockets(settings.server.port, settings.server.host)
+        fork_processes(settings.server.processes)
+    services = build_services(settings, registry, plugins)
+    return asyncio.run(_serve(Server(settings, services), sockets))
+
+
+async def _serve(server: Server, sockets: list | None) -> int:  # type: ignore[type-arg]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start(sockets)
+    await stop.wait()
+    log.info("signal received: draining (at most %ss)", server.settings.server.drain_timeout)
+    await server.stop()
+    return 0
+
+
+def check_command(settings: Settings, args: argparse.Namespace) -> int:
+    open_store(settings.store_url)
+    _, plugins = load_plugins(settings.plugins.disabled)
+    print(f"settings OK: store {settings.store_url}, hub {settings.hub.url}, "
+          f"{len(plugins)} plugins")
+    return 0
+
+
+def plugins_command(settings: Settings, args: argparse.Namespace) -> int:
+    _, plugins = load_plugins(settings.plugins.disabled)
+    for plugin in plugins:
+        print(f"{plugin.name} ({plugin.distribution} {plugin.version}, {plugin.target})")
+        for name in plugin.types:
+            print(f"    {name}")
+    disabled = ", ".join(settings.plugins.disabled)
+    if disabled:
+        print(f"disabled: {disabled}")
+    return 0
+
+
+def createuser_command(settings: Settings, args: argparse.Namespace) -> int:
+    password = _read_password(args.password_stdin)
+    fields = {"username": args.username, "password1": password, "password2": password,
+              "group": args.group, "first_name": args.first_name, "last_name": args.last_name}
+    errors = validate_sign_up(fields)
+    if errors:
+        for name, messages in errors.items():
+            print(f"taxi-tornado: {name}: {' '.join(messages)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        user_id = asyncio.run(_create_user(settings, fields))
+    except UsernameTaken:
+        print("taxi-tornado: username: A user with that username already exists.",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(user_id)
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    second = getpass.getpass("Password (again): ")
+    return first if first == second else first + "\0mismatch"
+
+
+async def _create_user(settings: Settings, fields: dict[str, str]) -> str:
+    store = open_store(settings.store_url)
+    await store.open()
+    try:
+        user = await store.create_user(
+            username=fields["username"],
+            password_hash=await hash_password(fields["password1"]),
+            group=fields["group"],
+            first_name=fields["first_name"],
+            last_name=fields["last_name"],
+        )
+    finally:
+        await store.close()
+    return user.id

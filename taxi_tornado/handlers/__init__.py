@@ -1,0 +1,1 @@
+"""Tornado handlers: the only code that knows about Tornado's request cycle."""

@@ -1,0 +1,102 @@
+"""Trips over HTTP, the hub publish API, and health checks."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from taxi_tornado.handlers.base import NOT_FOUND, ApiError, ApiHandler, base_url, field_errors
+from taxi_tornado.store import StoreError, Trip, User
+
+
+def visible(trip: Trip, user: User) -> bool:
+    """PROTOCOL.md: a rider sees their trips; a driver their own and every REQUESTED one."""
+    if user.group == "driver":
+        return trip.driver_id == user.id or trip.status == "REQUESTED"
+    return trip.rider_id == user.id
+
+
+class TripListHandler(ApiHandler):
+    async def get(self) -> None:
+        user = await self.authenticate()
+        trips = await self.services.store.list_trips(user)
+        base = base_url(self.request)
+        self.write_json([trip.to_json(base) for trip in trips])
+
+
+class TripDetailHandler(ApiHandler):
+    async def get(self, trip_id: str) -> None:
+        user = await self.authenticate()
+        if not _is_uuid(trip_id):
+            raise ApiError(404, NOT_FOUND)
+        trip = await self.services.store.get_trip(trip_id)
+        if trip is None or not visible(trip, user):
+            raise ApiError(404, NOT_FOUND)
+        self.write_json(trip.to_json(base_url(self.request)))
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+class HubPublishHandler(ApiHandler):
+    """Lets a trusted service reach a group on every process: `Authorization: Apikey K`."""
+
+    async def post(self) -> None:
+        key = self.services.settings.hub.api_key
+        if not key:
+            raise ApiError(404, NOT_FOUND)
+        scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "apikey" or not hmac.compare_digest(given.strip(), key):
+            raise ApiError(403, {"detail": "Invalid API key."})
+        body = self.body_fields(allow_multipart=False)
+        group, message = body.get("group"), body.get("message")
+        errors: dict[str, list[str]] = {}
+        if not isinstance(group, str) or not group:
+            errors["group"] = ["A non-empty string is required."]
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            errors["message"] = ["An object with a string `type` is required."]
+        if errors:
+            raise field_errors(errors)
+        assert isinstance(group, str)
+        await self.services.hub.send(group, message)
+        self.write_json({}, 202)
+
+
+class HealthHandler(ApiHandler):
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(ApiHandler):
+    """200 when the store and the broker answer and we are not draining; else 503."""
+
+    async def get(self) -> None:
+        services = self.services
+        failures: dict[str, str] = {}
+        if services.draining:
+            failures["server"] = "draining"
+        try:
+            await services.store.ping()
+        except StoreError as error:
+            failures["store"] = str(error)
+        except Exception as error:  # a driver error we did not foresee is still "down"
+            failures["store"] = f"{type(error).__name__}: {error}"
+        if not services.hub.broker.ready:
+            failures["hub"] = f"{services.hub.broker.describe()} is not connected"
+        if failures:
+            self.write_json({"status": "unavailable", "failures": failures}, 503)
+            return
+        self.write_json({"status": "ok"})
+
+
+class MetricsHandler(ApiHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest())

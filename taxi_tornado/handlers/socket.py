@@ -1,0 +1,273 @@
+"""The `/taxi/` WebSocket: authenticate in the upgrade, then one loop of frames.
+
+Authentication and group joins happen in prepare(), before the handshake answer is
+written: a bad token is an HTTP 401 and no socket ever opens, and a message sent to the
+connection's groups once the client's connect returned reaches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tornado.websocket import WebSocketHandler
+
+from taxi_tornado import metrics
+from taxi_tornado.auth import InvalidToken, token_from_request
+from taxi_tornado.frames import DecodeError, decode, encode, message_frame
+from taxi_tornado.handlers.base import TOKEN_INVALID, base_url, origin_allowed
+from taxi_tornado.handlers.stream_writer import StreamWriter, socket_stream
+from taxi_tornado.plugins.api import MAX_TYPE_LENGTH, Connection, ProtocolError
+
+if TYPE_CHECKING:
+    from taxi_tornado.app import Services
+
+log = logging.getLogger("taxi_tornado.socket")
+
+SUBPROTOCOL_V2 = "taxi.v2"
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+
+
+class TaxiSocket(WebSocketHandler):
+    services: Services
+    connection: Connection | None = None
+    writer: StreamWriter | None = None
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self.bucket = TokenBucket(services.settings.limits.rate, services.settings.limits.burst)
+        self.opened_at = 0.0
+        self.dropped_in_a_row = 0
+
+    async def prepare(self) -> None:
+        services = self.services
+        if services.draining:
+            self._refuse(503, {"detail": "The server is shutting down."}, "draining")
+            return
+        token = token_from_request(
+            self.request.headers.get("Authorization"), self.get_query_argument("token", None)
+        )
+        try:
+            claims = services.tokens.verify(token)
+        except InvalidToken:
+            self._refuse(401, TOKEN_INVALID, "token")
+            return
+        user = await services.store.get_user(services.tokens.user_id(claims))
+        if user is None:
+            self._refuse(401, TOKEN_INVALID, "user")
+            return
+        origin = self.request.headers.get("Origin")
+        if origin and not self.check_origin(origin):
+            self._refuse(403, {"detail": "Origin not allowed."}, "origin")
+            return
+        version = 2 if SUBPROTOCOL_V2 in self._offered_subprotocols() else 1
+        conn = Connection(user, version, services.hub, services.store, services.settings,
+                          base_url(self.request))
+        self.connection = conn
+        await conn.join(f"user:{user.id}")
+        for plugin, hook in services.registry.connect_hooks:
+            try:
+                await hook(conn)
+            except Exception:
+                log.exception("on-connect hook of plugin %s failed", plugin)
+                await self._cleanup()
+                self._refuse(500, {"detail": "A server error occurred."}, "hook")
+                return
+
+    def _refuse(self, status: int, body: dict[str, Any], reason: str) -> None:
+        metrics.HANDSHAKES_REFUSED.labels(reason).inc()
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(encode(body))
+
+    def _offered_subprotocols(self) -> list[str]:
+        header = self.request.headers.get("Sec-WebSocket-Protocol", "")
+        return [item.strip() for item in header.split(",") if item.strip()]
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return SUBPROTOCOL_V2 if SUBPROTOCOL_V2 in subprotocols else None
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.services.settings.server.allowed_origins
+        return origin_allowed(origin, allowed, self.request.host)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(encode({"detail": self._reason}))
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        conn = self.connection
+        stream = socket_stream(self)
+        assert conn is not None and stream is not None
+        self.set_nodelay(True)
+        self.opened_at = time.monotonic()
+        self.writer = StreamWriter(stream, self.services.settings.limits.outbound_queue,
+                                   self._too_slow)
+        self.services.sockets.add(self)
+        conn.attach(self)
+        metrics.CONNECTIONS.inc()
+        metrics.CONNECTIONS_OPENED.inc()
+        log.info("socket open user=%s remote=%s version=%s", conn.user.id,
+                 self.request.remote_ip, conn.version)
+
+    def write_frame(self, frame: bytes) -> None:
+        """The Transport side of Connection: write a prebuilt frame."""
+        if self.writer is not None:
+            self.writer.write(frame)
+
+    def _too_slow(self) -> None:
+        metrics.SLOW_CLIENT_CLOSES.inc()
+        log.warning("closing a slow reader: user=%s remote=%s", self._user_id(),
+                    self.request.remote_ip)
+        self.close(TRY_AGAIN_LATER, "outbound queue overflow")
+
+    async def on_message(self, message: str | bytes) -> None:
+        conn = self.connection
+        if conn is None:
+            return
+        if not self.bucket.take():
+            self._rate_limited(conn)
+            return
+        self.dropped_in_a_row = 0
+        try:
+            envelope = decode(message)
+        except DecodeError:
+            self._send_error(conn, "invalid_json", "The frame is not valid JSON.", None, None)
+            return
+        await self._dispatch(conn, envelope)
+
+    async def _dispatch(self, conn: Connection, envelope: Any) -> None:
+        if not isinstance(envelope, dict):
+            self._send_error(conn, "invalid_message", "A frame must be a JSON object.",
+                             None, None)
+            return
+        frame_id = envelope.get("id")
+        if frame_id is not None and (
+            isinstance(frame_id, bool) or not isinstance(frame_id, str | int)
+        ):
+            self._send_error(conn, "invalid_message", "`id` must be a string or an integer.",
+                             None, None)
+            return
+        message_type = envelope.get("type")
+        if not isinstance(message_type, str) or not message_type:
+            self._send_error(conn, "invalid_message", "A frame needs a string `type`.",
+                             None, frame_id)
+            return
+        if len(message_type) > MAX_TYPE_LENGTH:
+            self._send_error(conn, "invalid_message",
+                             f"`type` is longer than {MAX_TYPE_LENGTH} characters.",
+                             None, frame_id)
+            return
+        entry = self.services.registry.types.get(message_type)
+        if entry is None:
+            self._send_error(conn, "unknown_type", f"No plugin handles {message_type!r}.",
+                             message_type, frame_id)
+            return
+        metrics.frames_in(message_type).inc()
+        started = time.perf_counter()
+        try:
+            reply = await entry.handler(conn, envelope.get("data"))
+        except ProtocolError as error:
+            self._send_error(conn, error.code, error.detail, message_type, frame_id,
+                             error.errors)
+            return
+        except Exception:
+            log.exception("handler for %r (plugin %s) failed", message_type, entry.plugin)
+            self._send_error(conn, "internal", "The server could not handle this message.",
+                             message_type, frame_id)
+            return
+        finally:
+            metrics.handler_seconds(message_type).observe(time.perf_counter() - started)
+        if reply is None:
+            return
+        if frame_id is not None:
+            reply = {**reply, "id": frame_id}
+        conn.send(reply)
+
+    def _rate_limited(self, conn: Connection) -> None:
+        metrics.RATE_LIMITED.inc()
+        self.dropped_in_a_row += 1
+        if self.dropped_in_a_row > self.bucket.burst:
+            log.warning("closing an abusive client: user=%s remote=%s", conn.user.id,
+                        self.request.remote_ip)
+            self.close(POLICY_VIOLATION, "message rate limit exceeded")
+            return
+        if self.dropped_in_a_row == 1:
+            self._send_error(conn, "rate_limited",
+                             "Too many messages; this frame was dropped.", None, None)
+
+    def _send_error(
+        self,
+        conn: Connection,
+        code: str,
+        detail: str,
+        for_type: str | None,
+        frame_id: Any,
+        errors: dict[str, list[str]] | None = None,
+    ) -> None:
+        metrics.errors(code).inc()
+        frame: dict[str, Any] = {
+            "type": "error",
+            "data": {"code": code, "detail": detail, "for": for_type, "errors": errors or {}},
+        }
+        if frame_id is not None:
+            frame["id"] = frame_id
+        conn.deliver(message_frame(frame))
+
+    def on_finish(self) -> None:
+        if self.get_status() != 101 and self.connection is not None:
+            # The upgrade failed after prepare() joined groups: undo it.
+            self.services.spawn(self._cleanup())
+
+    def on_close(self) -> None:
+        if self.writer is not None:
+            metrics.CONNECTIONS.dec()
+            self.services.sockets.discard(self)
+            log.info(
+                "socket close user=%s remote=%s code=%s duration=%.3fs", self._user_id(),
+                self.request.remote_ip, self.close_code, time.monotonic() - self.opened_at,
+            )
+        self.services.spawn(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        conn, self.connection = self.connection, None
+        if conn is None:
+            return
+        await conn.hub.leave_all(conn, conn.groups)
+        for plugin, hook in self.services.registry.disconnect_hooks:
+            try:
+                await hook(conn)
+            except Exception:
+                log.exception("on-disconnect hook of plugin %s failed", plugin)
+
+    def _user_id(self) -> str:
+        return self.connection.user.id if self.connection else "-"
+
+    def shut_down(self) -> None:
+        """Close for a server shutdown: 1001 tells the client to reconnect elsewhere."""
+        self.close(GOING_AWAY, "server shutting down")
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; one token a frame."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True

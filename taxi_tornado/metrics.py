@@ -1,0 +1,57 @@
+"""Prometheus series exported on /metrics (ARCHITECTURE.md, Operations).
+
+Labelled children are looked up once per label value and cached, so that counting on the
+per-frame path is one dictionary lookup and one increment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("taxi_connections", "Open WebSocket connections.")
+CONNECTIONS_OPENED = Counter("taxi_connections_opened", "WebSocket connections accepted.")
+HANDSHAKES_REFUSED = Counter(
+    "taxi_handshakes_refused", "WebSocket upgrades refused.", ["reason"]
+)
+FRAMES_IN = Counter("taxi_frames_in", "Frames received, by message type.", ["type"])
+FRAMES_OUT = Counter("taxi_frames_out", "Frames sent, by message type.", ["type"])
+ERRORS = Counter("taxi_errors", "Error frames sent, by code.", ["code"])
+HANDLER_SECONDS = Histogram(
+    "taxi_handler_seconds",
+    "Time spent in a message handler.",
+    ["type"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+FANOUT_SIZE = Histogram(
+    "taxi_fanout_size",
+    "Local connections reached by one group send.",
+    buckets=(0, 1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000),
+)
+HUB_PUBLISHED = Counter("taxi_hub_published", "Group sends made by this process.")
+HUB_RECEIVED = Counter("taxi_hub_received", "Group sends received from the broker.")
+SLOW_CLIENT_CLOSES = Counter(
+    "taxi_slow_client_closes", "Connections closed (1013) because they read too slowly."
+)
+RATE_LIMITED = Counter("taxi_rate_limited", "Frames dropped by the per-connection rate limit.")
+
+
+@lru_cache(maxsize=1024)
+def frames_in(message_type: str) -> Counter:
+    return FRAMES_IN.labels(message_type)
+
+
+@lru_cache(maxsize=1024)
+def frames_out(message_type: str) -> Counter:
+    return FRAMES_OUT.labels(message_type)
+
+
+@lru_cache(maxsize=64)
+def errors(code: str) -> Counter:
+    return ERRORS.labels(code)
+
+
+@lru_cache(maxsize=1024)
+def handler_seconds(message_type: str) -> Histogram:
+    return HANDLER_SECONDS.labels(message_type)

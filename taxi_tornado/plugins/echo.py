@@ -1,0 +1,19 @@
+"""The `echo` plugin: sends a frame's data back to its sender.
+
+Registered through its entry point like any third-party plugin, so the core uses its own
+plugin API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taxi_tornado.plugins.api import Connection, Registry
+
+
+def setup(registry: Registry) -> None:
+    registry.add_message_type("echo.message", echo)
+
+
+async def echo(conn: Connection, data: Any) -> dict[str, Any]:
+    return {"type": "echo.message", "data": data}

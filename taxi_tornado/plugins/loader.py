@@ -1,0 +1,86 @@
+"""Finds plugins through entry points and runs their setup(), failing at start-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+from taxi_tornado.plugins.api import ENTRY_POINT_GROUP, PluginError, Registry
+
+log = logging.getLogger("taxi_tornado.plugins")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    target: str  # module:object the entry point names
+    distribution: str
+    version: str
+    types: tuple[str, ...]
+
+
+def load_plugins(disabled: Iterable[str] = ()) -> tuple[Registry, list[PluginInfo]]:
+    """Import and set up every plugin not in `disabled`, in name order.
+
+    A plugin that fails to import or to set up, or that claims another plugin's message
+    type, raises PluginError naming the plugin(s); nothing is loaded half-way.
+    """
+    skip = set(disabled)
+    registry = Registry()
+    loaded: list[PluginInfo] = []
+    for entry in _plugin_entry_points():
+        if entry.name in skip:
+            log.info("plugin %s is disabled by plugins.disabled", entry.name)
+            continue
+        registry.plugin = entry.name
+        _setup(entry, registry)
+        loaded.append(_info(entry, registry))
+    registry.plugin = "<core>"
+    return registry, loaded
+
+
+def _plugin_entry_points() -> list[EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        other = found.get(entry.name)
+        if other is not None and other.value != entry.value:
+            raise PluginError(
+                f"two plugins are named {entry.name!r}: {other.value} and {entry.value}"
+            )
+        found[entry.name] = entry
+    return [found[name] for name in sorted(found)]
+
+
+def _setup(entry: EntryPoint, registry: Registry) -> None:
+    try:
+        plugin = entry.load()
+    except Exception as error:
+        raise PluginError(
+            f"plugin {entry.name!r} ({entry.value}) failed to import: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    setup = getattr(plugin, "setup", None)
+    if not callable(setup):
+        raise PluginError(f"plugin {entry.name!r} ({entry.value}) has no setup(registry)")
+    try:
+        setup(registry)
+    except PluginError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"plugin {entry.name!r} ({entry.value}) failed in setup(): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+
+def _info(entry: EntryPoint, registry: Registry) -> PluginInfo:
+    dist = entry.dist
+    return PluginInfo(
+        name=entry.name,
+        target=entry.value,
+        distribution=dist.name if dist else "?",
+        version=dist.version if dist else "?",
+        types=tuple(registry.types_of(entry.name)),
+    )

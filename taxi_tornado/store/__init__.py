@@ -1,0 +1,207 @@
+"""The store contract: users and trips, behind one async interface.
+
+Two implementations pass the same contract suite (tests/store_contract.py): SQLite, the
+embedded default, and MongoDB. Handlers and plugins see only this module; a trip claim
+happens only through `update_trip`, a compare-and-set on status and driver.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+class TripStatus(enum.StrEnum):
+    REQUESTED = "REQUESTED"
+    STARTED = "STARTED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TripStatus.COMPLETED, TripStatus.CANCELED)
+
+    @property
+    def rank(self) -> int:
+        """Position on the forward-only path; CANCELED is off the path."""
+        return _RANKS[self]
+
+
+_RANKS = {
+    TripStatus.REQUESTED: 0,
+    TripStatus.STARTED: 1,
+    TripStatus.IN_PROGRESS: 2,
+    TripStatus.COMPLETED: 3,
+    TripStatus.CANCELED: -1,
+}
+
+ACTIVE_STATUSES = (TripStatus.REQUESTED, TripStatus.STARTED, TripStatus.IN_PROGRESS)
+GROUPS = ("rider", "driver")
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (unreachable, corrupt, …)."""
+
+
+class UsernameTaken(StoreError):
+    """A user with that username (ignoring case) already exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str
+    group: str
+    first_name: str = ""
+    last_name: str = ""
+    photo: str | None = None  # the stored file name under data_dir/photos
+    password_hash: str = field(default="", repr=False)
+
+    def to_json(self, base_url: str) -> dict[str, Any]:
+        """The PROTOCOL.md User object; `base_url` is scheme://host of the request."""
+        return {
+            "id": self.id,
+            "username": self.username,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "group": self.group,
+            "photo": photo_url(base_url, self.photo),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    id: str
+    created: datetime
+    updated: datetime
+    pick_up_address: str
+    drop_off_address: str
+    status: TripStatus
+    rider: User | None
+    driver: User | None
+
+    @property
+    def rider_id(self) -> str | None:
+        return self.rider.id if self.rider else None
+
+    @property
+    def driver_id(self) -> str | None:
+        return self.driver.id if self.driver else None
+
+    def to_json(self, base_url: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created": format_time(self.created),
+            "updated": format_time(self.updated),
+            "pick_up_address": self.pick_up_address,
+            "drop_off_address": self.drop_off_address,
+            "status": self.status.value,
+            "rider": self.rider.to_json(base_url) if self.rider else None,
+            "driver": self.driver.to_json(base_url) if self.driver else None,
+        }
+
+
+def photo_url(base_url: str, photo: str | None) -> str | None:
+    return f"{base_url}/media/photos/{photo}" if photo else None
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and Z, as PROTOCOL.md fixes."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def username_key(username: str) -> str:
+    """The form usernames are compared in: unique ignoring case."""
+    return username.casefold()
+
+
+class Store(abc.ABC):
+    """What the server needs from a database. Every method is a coroutine."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create schema and indexes; idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers now (for /readyz)."""
+
+    @abc.abstractmethod
+    async def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        group: str,
+        first_name: str = "",
+        last_name: str = "",
+        photo: str | None = None,
+    ) -> User:
+        """Create a user; raise UsernameTaken when the name exists ignoring case."""
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def get_user_by_username(self, username: str) -> User | None:
+        """Look a user up by name, ignoring case."""
+
+    @abc.abstractmethod
+    async def create_trip(self, rider_id: str, pick_up_address: str, drop_off_address: str) -> Trip:
+        """Store a new REQUESTED trip for `rider_id` and return it, rider resolved."""
+
+    @abc.abstractmethod
+    async def get_trip(self, trip_id: str) -> Trip | None: ...
+
+    @abc.abstractmethod
+    async def list_trips(self, user: User) -> list[Trip]:
+        """The trips `user` may see, newest first: a rider's own; a driver's own plus
+        every REQUESTED trip."""
+
+    @abc.abstractmethod
+    async def active_trip_ids(self, user_id: str) -> list[str]:
+        """Ids of the trips, not COMPLETED or CANCELED, with user_id as rider or driver."""
+
+    @abc.abstractmethod
+    async def update_trip(
+        self,
+        trip_id: str,
+        *,
+        expected_status: TripStatus,
+        expected_driver_id: str | None,
+        status: TripStatus,
+        driver_id: str | None,
+    ) -> Trip | None:
+        """Atomically set status and driver if the trip still has the expected ones.
+
+        Returns the updated trip, or None when the trip is missing or changed meanwhile.
+        This compare-and-set is the only way a driver claims a trip.
+        """
+
+
+def open_store(url: str) -> Store:
+    """Build (not yet open) the store named by `url`."""
+    if url.startswith("sqlite:///"):
+        from taxi_tornado.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        from taxi_tornado.store.mongo import MongoStore  # type: ignore[import-not-found,unused-ignore]
+
+        return MongoStore(url)  # type: ignore[no-any-return,unused-ignore]
+    raise StoreError(f"store.url: unsupported scheme in {url!r}")
