@@ -1,0 +1,272 @@
+"""Fixtures that start real things: a server on a free port, temp data dirs, processes.
+
+`server` runs a Server in the test's own event loop (real HTTP and WebSocket over
+loopback); `spawn_server` runs `python -m taxi_tornado serve` as a subprocess for the
+tests that need signals, several processes or a proxy in front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from taxi_tornado.app import Server
+from taxi_tornado.auth import TokenAuthority, _hasher
+from taxi_tornado.settings import Settings, replace
+from taxi_tornado.store import User
+
+SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+PASSWORD = "pAssw0rd!"
+# One argon2 hash for every fixture user: hashing is slow on purpose.
+PASSWORD_HASH = _hasher.hash(PASSWORD)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """Settings for a test: its own data dir, a free port, a fixed secret."""
+    settings = replace(
+        Settings(),
+        data_dir=tmp_path / "data",  # type: ignore[arg-type]
+        server={"port": 0, "ping_interval": 0, "ping_timeout": 0},
+        auth={"secret_key": SECRET},
+    )
+    return replace(settings, **sections) if sections else settings
+
+
+@dataclass
+class RunningServer:
+    server: Server
+    settings: Settings
+    users: dict[str, User] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.settings.server.socket_path}"
+
+    @property
+    def store(self) -> Any:
+        return self.server.services.store
+
+    @property
+    def hub(self) -> Any:
+        return self.server.services.hub
+
+    @property
+    def tokens(self) -> TokenAuthority:
+        return self.server.services.tokens
+
+    async def user(self, username: str, group: str = "rider", **extra: str) -> tuple[User, str]:
+        """A stored user and an access token for it."""
+        user = await self.store.create_user(username=username, password_hash=PASSWORD_HASH,
+                                            group=group, **extra)
+        return user, self.tokens.issue_access(user, self.url)
+
+    async def connect(self, token: str, *, v2: bool = False,
+                      headers: dict[str, str] | None = None) -> Client:
+        request = HTTPRequest(
+            f"{self.ws_url}?token={token}", headers=headers or {},
+        )
+        subprotocols = ["taxi.v2"] if v2 else None
+        ws = await websocket_connect(request, subprotocols=subprotocols)
+        return Client(ws)
+
+    async def fetch(self, path: str, method: str = "GET", body: Any = None,
+                    headers: dict[str, str] | None = None, token: str | None = None,
+                    raw_body: bytes | None = None) -> tuple[int, Any, HTTPResponse]:
+        """An HTTP request; returns status, parsed JSON (or None) and the response."""
+        all_headers = dict(headers or {})
+        payload = raw_body
+        if body is not None:
+            payload = json.dumps(body).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        if token:
+            all_headers["Authorization"] = f"Bearer {token}"
+        request = HTTPRequest(self.url + path, method=method, headers=all_headers,
+                              body=payload, allow_nonstandard_methods=True)
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as error:
+            assert error.response is not None
+            response = error.response
+        data = None
+        if response.headers.get("Content-Type", "").startswith("application/json"):
+            data = json.loads(response.body or b"null")
+        return response.code, data, response
+
+
+class Client:
+    """A WebSocket client with JSON helpers and a timeout on every read."""
+
+    def __init__(self, ws: WebSocketClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, message: Any) -> None:
+        await self.ws.write_message(message if isinstance(message, str) else json.dumps(message))
+
+    async def receive(self, timeout: float = 5) -> Any:
+        text = await asyncio.wait_for(self.ws.read_message(), timeout)
+        assert text is not None, f"socket closed: {self.ws.close_code} {self.ws.close_reason}"
+        return json.loads(text)
+
+    async def request(self, message: Any, timeout: float = 5) -> Any:
+        await self.send(message)
+        return await self.receive(timeout)
+
+    async def nothing(self, wait: float = 0.3) -> None:
+        """Assert that no frame arrives within `wait` seconds."""
+        try:
+            text = await asyncio.wait_for(self.ws.read_message(), wait)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame: {text}")
+
+    async def closed(self, timeout: float = 5) -> int | None:
+        """Wait for the server to close; return the close code."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = await asyncio.wait_for(self.ws.read_message(), deadline - time.monotonic())
+            if message is None:
+                return self.ws.close_code
+        raise AssertionError("the socket was not closed")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[RunningServer]:
+    running = await start_server(settings)
+    yield running
+    await running.server.stop()
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    server = Server(settings)
+    await server.start()
+    return RunningServer(server, settings)
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Callable[[Settings], Awaitable[RunningServer]]]:
+    """Start servers with custom settings inside a test; all are stopped at the end."""
+    started: list[RunningServer] = []
+
+    async def _start(settings: Settings) -> RunningServer:
+        running = await start_server(settings)
+        started.append(running)
+        return running
+
+    yield _start
+    for running in started:
+        await running.server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/taxi/"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout)
+
+
+def spawn_server(tmp_path: Path, env: dict[str, str] | None = None, name: str = "server",
+                 wait: bool = True, port: int | None = None) -> ServerProcess:
+    """`python -m taxi_tornado serve` in a subprocess, configured by TAXI_* variables."""
+    port = port or free_port()
+    log_path = tmp_path / f"{name}.log"
+    full_env = {
+        **os.environ,
+        "TAXI_DATA_DIR": str(tmp_path / "data"),
+        "TAXI_SERVER_PORT": str(port),
+        "TAXI_AUTH_SECRET_KEY": SECRET,
+        **(env or {}),
+    }
+    handle = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taxi_tornado", "serve"], env=full_env, cwd=tmp_path,
+        stdout=handle, stderr=subprocess.STDOUT,
+    )
+    running = ServerProcess(process, port, log_path)
+    if wait:
+        wait_healthy(running)
+    return running
+
+
+def wait_healthy(running: ServerProcess, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise AssertionError(f"server exited {running.process.returncode}:\n{running.log()}")
+        try:
+            with urlopen(f"{running.url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"server did not become healthy:\n{running.log()}")
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Spawn server subprocesses; every one still running is stopped after the test."""
+    spawned: list[ServerProcess] = []
+
+    def _spawn(**kwargs: Any) -> ServerProcess:
+        running = spawn_server(tmp_path, **kwargs)
+        spawned.append(running)
+        return running
+
+    yield _spawn
+    for running in spawned:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
