@@ -21,7 +21,7 @@ from taxi_tornado.handlers.auth import validate_sign_up
 from taxi_tornado.logs import setup_logging
 from taxi_tornado.plugins.api import PluginError
 from taxi_tornado.plugins.loader import load_plugins
-from taxi_tornado.settings import Settings, SettingsError, load_settings
+from taxi_tornado.settings import Settings, SettingsError, load_settings, with_secret
 from taxi_tornado.store import StoreError, UsernameTaken, open_store
 
 log = logging.getLogger("taxi_tornado")
@@ -36,8 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        settings = load_settings(args.config, create_secret=args.command != "check")
+        settings = load_settings(args.config, create_secret=False)
         setup_logging(settings.log)
+        if args.command == "serve":
+            settings = with_secret(settings)
         return int(args.run(settings, args))
     except (SettingsError, PluginError, StoreError) as error:
         print(f"taxi-tornado: {error}", file=sys.stderr)

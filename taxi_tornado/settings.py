@@ -136,8 +136,8 @@ def load_settings(
     raw = _apply_environment(raw, env)
     settings = _build(raw)
     _validate(settings)
-    if create_secret and not settings.auth.secret_key:
-        settings = _with_generated_secret(settings)
+    if create_secret:
+        settings = with_secret(settings)
     return settings
 
 
@@ -295,8 +295,10 @@ def _validate(s: Settings) -> None:
             )
 
 
-def _with_generated_secret(settings: Settings) -> Settings:
-    """Read <data_dir>/secret_key, creating it (mode 0600) on first start."""
+def with_secret(settings: Settings) -> Settings:
+    """Settings with auth.secret_key filled from <data_dir>/secret_key, made (0600) once."""
+    if settings.auth.secret_key:
+        return settings
     path = settings.data_dir / "secret_key"
     try:
         key = path.read_text().strip()
