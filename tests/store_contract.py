@@ -1,0 +1,289 @@
+"""The store contract, once, for every implementation (ARCHITECTURE.md, Store).
+
+A test module subclasses `StoreContract` as `Test…` and overrides the `store_factory`
+fixture: each call of the factory returns a new, not yet opened store on the same
+database, so that the suite can also check reopening. Everything here goes through the
+abstract `Store` interface only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, timedelta
+
+import pytest
+
+from taxi_tornado.store import Store, StoreError, Trip, TripStatus, User, UsernameTaken
+
+StoreFactory = Callable[[], Store]
+BASE_URL = "https://taxi.example"
+RFC3339_MICROS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+class StoreContract:
+    @pytest.fixture
+    def store_factory(self) -> StoreFactory:
+        raise NotImplementedError("a contract test module provides store_factory")
+
+    @pytest.fixture
+    async def store(self, store_factory: StoreFactory) -> AsyncIterator[Store]:
+        opened = store_factory()
+        await opened.open()
+        yield opened
+        await opened.close()
+
+    # Users
+
+    async def test_created_user_fields_round_trip(self, store: Store) -> None:
+        created = await store.create_user("Alice", "hash-1", "rider", "Alice", "Liddell",
+                                          "a1b2.png")
+        stored = await store.get_user(created.id)
+        assert stored is not None
+        assert (stored.id, stored.username, stored.group, stored.first_name, stored.last_name,
+                stored.photo, stored.password_hash) == (
+            created.id, "Alice", "rider", "Alice", "Liddell", "a1b2.png", "hash-1")
+        assert stored.to_json(BASE_URL)["photo"] == f"{BASE_URL}/media/photos/a1b2.png"
+
+    async def test_optional_user_fields_default_to_empty(self, store: Store) -> None:
+        created = await store.create_user("bob", "hash", "driver")
+        stored = await store.get_user(created.id)
+        assert stored is not None
+        assert (stored.first_name, stored.last_name, stored.photo) == ("", "", None)
+
+    async def test_username_is_unique_ignoring_case(self, store: Store) -> None:
+        await store.create_user("Alice", "hash", "rider")
+        with pytest.raises(UsernameTaken):
+            await store.create_user("aLICE", "other", "driver")
+
+    async def test_user_is_found_by_username_ignoring_case(self, store: Store) -> None:
+        created = await store.create_user("Alice", "hash", "rider")
+        found = await store.get_user_by_username("ALICE")
+        assert found is not None
+        assert (found.id, found.username, found.password_hash) == (created.id, "Alice", "hash")
+
+    async def test_unknown_ids_give_none(self, store: Store) -> None:
+        assert await store.get_user(UNKNOWN_ID) is None
+        assert await store.get_user_by_username("nobody") is None
+        assert await store.get_trip(UNKNOWN_ID) is None
+
+    # Trips
+
+    async def test_new_trip_is_requested_with_rider_resolved(self, store: Store) -> None:
+        rider = await store.create_user("rider", "hash", "rider", "Rita", photo="r.png")
+        trip = await store.create_trip(rider.id, "1 Main St", "2 Side St")
+        assert trip.status is TripStatus.REQUESTED
+        assert (trip.pick_up_address, trip.drop_off_address) == ("1 Main St", "2 Side St")
+        assert trip.driver is None
+        assert isinstance(trip.rider, User)
+        assert trip.rider.to_json(BASE_URL) == rider.to_json(BASE_URL)
+        assert trip.created == trip.updated
+        assert trip.created.utcoffset() == timedelta(0)
+
+    async def test_trip_for_unknown_rider_is_refused(self, store: Store) -> None:
+        with pytest.raises(StoreError):
+            await store.create_trip(UNKNOWN_ID, "a", "b")
+
+    async def test_trip_json_carries_rfc3339_microsecond_times(self, store: Store) -> None:
+        rider = await store.create_user("rider", "hash", "rider")
+        data = (await store.create_trip(rider.id, "a", "b")).to_json(BASE_URL)
+        assert RFC3339_MICROS.match(data["created"]), data["created"]
+        assert data["created"] == data["updated"]
+        assert data["status"] == "REQUESTED"
+        assert data["rider"]["id"] == rider.id
+        assert data["driver"] is None
+
+    async def test_stored_trip_equals_created_trip(self, store: Store) -> None:
+        rider = await store.create_user("rider", "hash", "rider")
+        created = await store.create_trip(rider.id, "a", "b")
+        stored = await store.get_trip(created.id)
+        assert stored is not None
+        assert stored.to_json(BASE_URL) == created.to_json(BASE_URL)
+        assert stored.created == created.created  # microseconds survive the round trip
+        assert stored.created.astimezone(UTC) == created.created
+
+    async def test_rider_sees_only_own_trips(self, store: Store) -> None:
+        rider, other = await riders(store, "rider", "other")
+        own = await store.create_trip(rider.id, "a", "b")
+        await store.create_trip(other.id, "c", "d")
+        assert ids(await store.list_trips(rider)) == [own.id]
+
+    async def test_driver_sees_own_and_every_requested_trip(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, other = await drivers(store, "driver", "other")
+        requested = await store.create_trip(rider.id, "a", "b")
+        mine = await claimed(store, await store.create_trip(rider.id, "c", "d"), driver)
+        theirs = await claimed(store, await store.create_trip(rider.id, "e", "f"), other)
+        seen = ids(await store.list_trips(driver))
+        assert sorted(seen) == sorted([requested.id, mine.id])
+        assert theirs.id not in seen
+
+    async def test_listed_trips_resolve_rider_and_driver(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, = await drivers(store, "driver")
+        trip = await claimed(store, await store.create_trip(rider.id, "a", "b"), driver)
+        listed, = await store.list_trips(rider)
+        assert listed.to_json(BASE_URL) == trip.to_json(BASE_URL)
+        assert listed.driver is not None and listed.driver.username == "driver"
+
+    async def test_trips_are_listed_newest_first(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        made = []
+        for number in range(4):
+            made.append(await store.create_trip(rider.id, f"from {number}", "to"))
+            await asyncio.sleep(0.002)  # distinct creation times on any clock
+        listed = await store.list_trips(rider)
+        assert ids(listed) == ids(reversed(made))
+        assert [trip.created for trip in listed] == sorted(
+            (trip.created for trip in made), reverse=True)
+
+    async def test_active_trip_ids_as_rider_or_driver(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, = await drivers(store, "driver")
+        requested = await store.create_trip(rider.id, "a", "b")
+        started = await claimed(store, await store.create_trip(rider.id, "c", "d"), driver)
+        done = await claimed(store, await store.create_trip(rider.id, "e", "f"), driver)
+        await advanced(store, done, driver, TripStatus.COMPLETED)
+        canceled = await store.create_trip(rider.id, "g", "h")
+        await store.update_trip(canceled.id, expected_status=TripStatus.REQUESTED,
+                                expected_driver_id=None, status=TripStatus.CANCELED,
+                                driver_id=None)
+        assert sorted(await store.active_trip_ids(rider.id)) == sorted([requested.id, started.id])
+        assert await store.active_trip_ids(driver.id) == [started.id]
+        assert await store.active_trip_ids(UNKNOWN_ID) == []
+
+    # The compare-and-set
+
+    async def test_update_with_right_expectations_claims_the_trip(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, = await drivers(store, "driver")
+        trip = await store.create_trip(rider.id, "a", "b")
+        updated = await store.update_trip(trip.id, expected_status=TripStatus.REQUESTED,
+                                          expected_driver_id=None, status=TripStatus.STARTED,
+                                          driver_id=driver.id)
+        assert updated is not None
+        assert updated.status is TripStatus.STARTED
+        assert updated.driver is not None and updated.driver.id == driver.id
+        assert updated.rider is not None and updated.rider.id == rider.id
+        assert updated.created == trip.created
+        assert updated.updated >= trip.updated
+        stored = await store.get_trip(trip.id)
+        assert stored is not None
+        assert stored.to_json(BASE_URL) == updated.to_json(BASE_URL)
+
+    async def test_holder_moves_the_trip_forward(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, = await drivers(store, "driver")
+        trip = await claimed(store, await store.create_trip(rider.id, "a", "b"), driver)
+        done = await advanced(store, trip, driver, TripStatus.COMPLETED)
+        assert done.status is TripStatus.COMPLETED
+        assert done.driver is not None and done.driver.id == driver.id
+
+    async def test_update_on_wrong_status_gives_none(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, = await drivers(store, "driver")
+        trip = await claimed(store, await store.create_trip(rider.id, "a", "b"), driver)
+        result = await store.update_trip(trip.id, expected_status=TripStatus.REQUESTED,
+                                         expected_driver_id=driver.id,
+                                         status=TripStatus.IN_PROGRESS, driver_id=driver.id)
+        assert result is None
+        assert await status_of(store, trip) is TripStatus.STARTED
+
+    async def test_update_on_wrong_driver_gives_none(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, other = await drivers(store, "driver", "other")
+        trip = await claimed(store, await store.create_trip(rider.id, "a", "b"), driver)
+        for expected in (other.id, None):
+            result = await store.update_trip(trip.id, expected_status=TripStatus.STARTED,
+                                             expected_driver_id=expected,
+                                             status=TripStatus.IN_PROGRESS, driver_id=other.id)
+            assert result is None
+        stored = await store.get_trip(trip.id)
+        assert stored is not None and stored.driver_id == driver.id
+
+    async def test_update_of_missing_trip_gives_none(self, store: Store) -> None:
+        driver, = await drivers(store, "driver")
+        result = await store.update_trip(UNKNOWN_ID, expected_status=TripStatus.REQUESTED,
+                                         expected_driver_id=None, status=TripStatus.STARTED,
+                                         driver_id=driver.id)
+        assert result is None
+
+    async def test_concurrent_claims_have_exactly_one_winner(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        racers = await drivers(store, *(f"driver{number}" for number in range(20)))
+        trip = await store.create_trip(rider.id, "a", "b")
+        results = await asyncio.gather(*(
+            store.update_trip(trip.id, expected_status=TripStatus.REQUESTED,
+                              expected_driver_id=None, status=TripStatus.STARTED,
+                              driver_id=driver.id)
+            for driver in racers
+        ))
+        winners = [result for result in results if result is not None]
+        assert len(winners) == 1
+        stored = await store.get_trip(trip.id)
+        assert stored is not None
+        assert stored.driver_id == winners[0].driver_id
+        assert stored.status is TripStatus.STARTED
+
+    # Lifecycle
+
+    async def test_ping_answers(self, store: Store) -> None:
+        await store.ping()
+
+    async def test_open_is_idempotent(self, store: Store) -> None:
+        user = await store.create_user("alice", "hash", "rider")
+        await store.open()
+        assert await store.get_user(user.id) is not None
+        with pytest.raises(UsernameTaken):
+            await store.create_user("ALICE", "hash", "rider")
+
+    async def test_reopened_database_keeps_data_and_constraints(
+        self, store: Store, store_factory: StoreFactory,
+    ) -> None:
+        """Also: close() is idempotent (the fixture closes the store again)."""
+        rider = await store.create_user("rider", "hash", "rider")
+        trip = await store.create_trip(rider.id, "a", "b")
+        await store.close()
+        reopened = store_factory()
+        await reopened.open()
+        try:
+            stored = await reopened.get_trip(trip.id)
+            assert stored is not None
+            assert stored.to_json(BASE_URL) == trip.to_json(BASE_URL)
+            with pytest.raises(UsernameTaken):
+                await reopened.create_user("RIDER", "hash", "rider")
+        finally:
+            await reopened.close()
+
+
+async def riders(store: Store, *names: str) -> list[User]:
+    return [await store.create_user(name, "hash", "rider") for name in names]
+
+
+async def drivers(store: Store, *names: str) -> list[User]:
+    return [await store.create_user(name, "hash", "driver") for name in names]
+
+
+async def claimed(store: Store, trip: Trip, driver: User) -> Trip:
+    """`trip` claimed by `driver` (REQUESTED -> STARTED)."""
+    return await advanced(store, trip, driver, TripStatus.STARTED)
+
+
+async def advanced(store: Store, trip: Trip, driver: User, status: TripStatus) -> Trip:
+    result = await store.update_trip(trip.id, expected_status=trip.status,
+                                     expected_driver_id=trip.driver_id, status=status,
+                                     driver_id=driver.id)
+    assert result is not None, f"{driver.username} could not move {trip.id} to {status}"
+    return result
+
+
+async def status_of(store: Store, trip: Trip) -> TripStatus:
+    stored = await store.get_trip(trip.id)
+    assert stored is not None
+    return stored.status
+
+
+def ids(trips: Iterable[Trip]) -> list[str]:
+    return [trip.id for trip in trips]
