@@ -57,10 +57,16 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def initialize(self, services: Services) -> None:
         self.services = services
+        self._set_cors_headers()
 
     def set_default_headers(self) -> None:
+        """Also re-run after an error clears the headers; CORS needs `services`."""
         self.set_header("Content-Type", "application/json")
         self.set_header("X-Content-Type-Options", "nosniff")
+        if hasattr(self, "services"):
+            self._set_cors_headers()
+
+    def _set_cors_headers(self) -> None:
         origin = self.request.headers.get("Origin")
         if origin and self._cors_allowed(origin):
             self.set_header("Access-Control-Allow-Origin", origin)
