@@ -31,6 +31,9 @@ FANOUT_SIZE = Histogram(
 )
 HUB_PUBLISHED = Counter("taxi_hub_published", "Group sends made by this process.")
 HUB_RECEIVED = Counter("taxi_hub_received", "Group sends received from the broker.")
+HUB_PUBLISH_FAILED = Counter(
+    "taxi_hub_publish_failed", "Group sends the broker could not take (delivered locally only)."
+)
 SLOW_CLIENT_CLOSES = Counter(
     "taxi_slow_client_closes", "Connections closed (1013) because they read too slowly."
 )

@@ -288,6 +288,12 @@ def _validate(s: Settings) -> None:
     for ok, message in checks:
         if not ok:
             raise SettingsError(message)
+    if not s.hub.url.startswith("memory://"):
+        from taxi_tornado.hub import redis_url_problem
+
+        problem = redis_url_problem(s.hub.url)
+        if problem:
+            raise SettingsError(f"hub.url: {problem}")
     for origin in s.server.allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise SettingsError(
