@@ -38,8 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, create_secret=False)
         setup_logging(settings.log)
-        if args.command == "serve":
-            settings = with_secret(settings)
         return int(args.run(settings, args))
     except (SettingsError, PluginError, StoreError) as error:
         print(f"taxi-tornado: {error}", file=sys.stderr)
@@ -76,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
     registry, plugins = load_plugins(settings.plugins.disabled)
+    settings = with_secret(settings)
     sockets = None
     if settings.server.processes > 1:
         from tornado.netutil import bind_sockets
