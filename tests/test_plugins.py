@@ -99,7 +99,7 @@ def test_plugin_that_fails_to_import_is_named(fake_plugins: FakeDistributions) -
 
 def test_plugin_without_setup_is_refused(fake_plugins: FakeDistributions) -> None:
     fake_plugins.add("nosetup", "VALUE = 1\n")
-    with pytest.raises(PluginError, match="'nosetup'.*no setup"):
+    with pytest.raises(PluginError, match=r"'nosetup'.*no setup"):
         load_plugins()
 
 

@@ -9,9 +9,9 @@ import time
 import jwt
 import pytest
 import websockets
-from websockets.exceptions import InvalidStatus
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
+from websockets.exceptions import InvalidStatus
 
 from taxi_tornado.settings import replace
 from tests.conftest import SECRET, RunningServer, make_settings

@@ -362,7 +362,7 @@ async def test_other_rider_cannot_cancel(server: RunningServer) -> None:
 # --- location ----------------------------------------------------------------------------------
 
 async def test_location_reaches_own_rider_only_and_v2_only(server: RunningServer) -> None:
-    rider, rider_token = await server.user("rider@example.com")
+    _rider, rider_token = await server.user("rider@example.com")
     rider_v2 = await server.connect(rider_token, v2=True)
     _, other_rider_token = await server.user("other-rider")
     other_v2 = await server.connect(other_rider_token, v2=True)

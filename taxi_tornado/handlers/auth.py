@@ -20,6 +20,7 @@ from taxi_tornado.handlers.base import (
 from taxi_tornado.store import GROUPS, UsernameTaken
 
 REQUIRED = "This field is required."
+USERNAME_TAKEN = "A user with that username already exists."
 USERNAME_PATTERN = re.compile(r"[\w.@+-]+\Z")
 MAX_NAME = 150
 PASSWORD_MIN = 8
@@ -37,7 +38,7 @@ class SignUpHandler(ApiHandler):
             raise field_errors(errors)
         store = self.services.store
         if await store.get_user_by_username(fields["username"]) is not None:
-            raise field_errors({"username": ["A user with that username already exists."]})
+            raise field_errors({"username": [USERNAME_TAKEN]})
         photo = None
         if photo_bytes is not None and photo_ext is not None:
             photo = await self._save_photo(photo_bytes, photo_ext)
@@ -51,7 +52,7 @@ class SignUpHandler(ApiHandler):
                 photo=photo,
             )
         except UsernameTaken:
-            raise field_errors({"username": ["A user with that username already exists."]}) from None
+            raise field_errors({"username": [USERNAME_TAKEN]}) from None
         self.write_json(user.to_json(base_url(self.request)), 201)
 
     def _photo(self, errors: dict[str, list[str]]) -> tuple[bytes | None, str | None]:

@@ -82,10 +82,8 @@ class ApiHandler(tornado.web.RequestHandler):
         if not origin or not self._cors_allowed(origin):
             raise ApiError(403, {"detail": "Origin not allowed."})
         self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-        self.set_header(
-            "Access-Control-Allow-Headers",
-            self.request.headers.get("Access-Control-Request-Headers", "authorization, content-type"),
-        )
+        requested = self.request.headers.get("Access-Control-Request-Headers")
+        self.set_header("Access-Control-Allow-Headers", requested or "authorization, content-type")
         self.set_header("Access-Control-Max-Age", "86400")
         self.set_status(204)
         self.finish()

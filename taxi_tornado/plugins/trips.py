@@ -161,7 +161,8 @@ def _require_group(conn: Connection, group: str, detail: str) -> None:
 
 def _object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise ProtocolError("invalid", "`data` must be an object.", {"data": ["Expected an object."]})
+        raise ProtocolError("invalid", "`data` must be an object.",
+                            {"data": ["Expected an object."]})
     return data
 
 
@@ -175,7 +176,9 @@ def _address(fields: dict[str, Any], name: str, errors: dict[str, list[str]]) ->
     return value
 
 
-def _own_id(conn: Connection, fields: dict[str, Any], name: str, errors: dict[str, list[str]]) -> None:
+def _own_id(
+    conn: Connection, fields: dict[str, Any], name: str, errors: dict[str, list[str]]
+) -> None:
     value = fields.get(name)
     if value is not None and str(value) != conn.user.id:
         errors[name] = ["Must be your own user id."]
