@@ -158,6 +158,7 @@ class Server:
         deadline = time.monotonic() + self.settings.server.drain_timeout
         while services.sockets and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        await self._abort_sockets()
         if self.http is not None:
             try:
                 await asyncio.wait_for(self.http.close_all_connections(), timeout=1)
@@ -169,6 +170,24 @@ class Server:
         await services.store.close()
         self._stopped.set()
         log.info("taxi_tornado stopped")
+
+    async def _abort_sockets(self) -> None:
+        """Drop the sockets whose clients never finished the close, while the hub still runs.
+
+        Their on_close (log line, leaving groups) must happen before the broker and the
+        store close, not at interpreter exit.
+        """
+        sockets = self.services.sockets
+        if not sockets:
+            return
+        log.warning("%d sockets did not finish closing within drain_timeout: dropping them",
+                    len(sockets))
+        for sock in list(sockets):
+            sock.abort()
+        for _ in range(100):
+            if not sockets:
+                return
+            await asyncio.sleep(0.01)
 
 
 def _safe_url(url: str) -> str:

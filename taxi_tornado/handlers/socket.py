@@ -27,6 +27,7 @@ log = logging.getLogger("taxi_tornado.socket")
 
 SUBPROTOCOL_V2 = "taxi.v2"
 GOING_AWAY = 1001
+ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
@@ -42,6 +43,7 @@ class TaxiSocket(WebSocketHandler):
         self.bucket = TokenBucket(services.settings.limits.rate, services.settings.limits.burst)
         self.opened_at = 0.0
         self.dropped_in_a_row = 0
+        self.close_sent: int | None = None
 
     async def prepare(self) -> None:
         services = self.services
@@ -229,7 +231,8 @@ class TaxiSocket(WebSocketHandler):
             self.services.sockets.discard(self)
             log.info(
                 "socket close user=%s remote=%s code=%s duration=%.3fs", self._user_id(),
-                self.request.remote_ip, self.close_code, time.monotonic() - self.opened_at,
+                self.request.remote_ip, self._logged_close_code(),
+                time.monotonic() - self.opened_at,
             )
         self.services.spawn(self._cleanup())
 
@@ -244,6 +247,12 @@ class TaxiSocket(WebSocketHandler):
             except Exception:
                 log.exception("on-disconnect hook of plugin %s failed", plugin)
 
+    def _logged_close_code(self) -> int:
+        """The code we sent, else the client's, else 1006 (no close frame: link lost)."""
+        if self.close_sent is not None:
+            return self.close_sent
+        return self.close_code if self.close_code is not None else ABNORMAL_CLOSURE
+
     def _user_id(self) -> str:
         return self.connection.user.id if self.connection else "-"
 
@@ -251,11 +260,22 @@ class TaxiSocket(WebSocketHandler):
         """Close for a server shutdown: 1001 tells the client to reconnect elsewhere."""
         self.close(GOING_AWAY, "server shutting down")
 
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close, remembering the first code we sent: the close log line reports it."""
+        if self.close_sent is None:
+            self.close_sent = code
+        super().close(code, reason)
+
+    def abort(self) -> None:
+        """Drop the TCP connection without waiting for the client's closing handshake."""
+        if self.writer is not None:
+            self.writer.stream.close()
+
 
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; one token a frame."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
