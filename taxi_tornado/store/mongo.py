@@ -1,0 +1,301 @@
+"""The MongoDB store, on PyMongo's async API (`AsyncMongoClient`, the successor of Motor).
+
+Two collections in the database named by the URL path (docs/mongodb.md shows them):
+`users` (`_id` a uuid string, a unique index on the case-folded `username_key`) and
+`trips` (indexes on rider, driver and status, each with the creation time). A claim is
+one `find_one_and_update` filtered on the expected status and driver: the server applies
+it atomically, so of many racing drivers exactly one matches.
+
+MongoDB keeps datetimes to the millisecond while PROTOCOL.md shows microseconds, so
+every time is stored twice: `created` / `updated` as BSON dates for people and tools,
+and `created_us` / `updated_us` as integer microseconds since the epoch, which the store
+reads back and sorts on. A trip therefore round-trips exactly, and two trips made in the
+same millisecond still sort newest first.
+
+An unreachable server does not stop start-up: `open()` logs it and the process keeps
+running; `ping()` (behind /readyz) raises StoreError until the server answers, and the
+indexes are created on the first call that finds it reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote_plus
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from taxi_tornado.store import (
+    ACTIVE_STATUSES,
+    Store,
+    StoreError,
+    Trip,
+    TripStatus,
+    User,
+    UsernameTaken,
+    new_id,
+    now,
+    username_key,
+)
+
+log = logging.getLogger("taxi_tornado.store.mongo")
+
+Document = dict[str, Any]
+
+# How long an operation waits for a reachable server before failing: short, so that
+# /readyz answers 503 promptly. A serverSelectionTimeoutMS in the URL wins.
+SERVER_SELECTION_TIMEOUT_MS = 2000
+NEWEST_FIRST = [("created_us", DESCENDING), ("_id", ASCENDING)]
+TRIP_INDEXES = (
+    [("rider_id", ASCENDING), ("created_us", DESCENDING)],
+    [("driver_id", ASCENDING), ("created_us", DESCENDING)],
+    [("status", ASCENDING), ("created_us", DESCENDING)],
+)
+# Users inside trips travel far (to every driver's socket): they carry no password hash.
+WITHOUT_SECRETS = {"password_hash": 0}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FORBIDDEN_NAME_CHARACTERS = frozenset('/\\. "$\0')
+
+
+class MongoStore(Store):
+    """The store on a MongoDB database; `client` lets a caller supply its own client
+    (which it then owns and closes)."""
+
+    def __init__(self, url: str, client: AsyncMongoClient[Document] | None = None) -> None:
+        self.database_name = database_name(url)
+        self._owns_client = client is None
+        self._client = client if client is not None else _client(url)
+        self._database = self._client[self.database_name]
+        self._users = self._database["users"]
+        self._trips = self._database["trips"]
+        self._opened = False
+        self._indexed = False
+
+    async def open(self) -> None:
+        """Create the indexes, or, when the server does not answer, leave that to a
+        later call: the process stays up and /readyz says why it is not ready."""
+        if self._opened:
+            return
+        self._opened = True
+        try:
+            await self._ensure_indexes()
+        except PyMongoError as error:
+            log.warning("MongoDB does not answer (%s); /readyz stays 503 until it does",
+                        _one_line(error))
+
+    async def close(self) -> None:
+        self._opened = False
+        if self._owns_client:
+            await self._client.close()
+
+    async def ping(self) -> None:
+        with _driver_errors("MongoDB does not answer"):
+            await self._client.admin.command("ping")
+            await self._ensure_indexes()
+
+    async def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        group: str,
+        first_name: str = "",
+        last_name: str = "",
+        photo: str | None = None,
+    ) -> User:
+        user = User(new_id(), username, group, first_name, last_name, photo, password_hash)
+        document = {
+            "_id": user.id,
+            "username": username,
+            "username_key": username_key(username),
+            "password_hash": password_hash,
+            "group": group,
+            "first_name": first_name,
+            "last_name": last_name,
+            "photo": photo,
+            **_stamp("created", now()),
+        }
+        with _driver_errors("cannot create user"):
+            await self._ensure_indexes()
+            try:
+                await self._users.insert_one(document)
+            except DuplicateKeyError:
+                raise UsernameTaken(username) from None
+        return user
+
+    async def get_user(self, user_id: str) -> User | None:
+        with _driver_errors("cannot read user"):
+            document = await self._users.find_one({"_id": user_id})
+        return _user(document) if document else None
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        with _driver_errors("cannot read user"):
+            document = await self._users.find_one({"username_key": username_key(username)})
+        return _user(document) if document else None
+
+    async def create_trip(self, rider_id: str, pick_up_address: str, drop_off_address: str) -> Trip:
+        moment = now()
+        document = {
+            "_id": new_id(),
+            **_stamp("created", moment),
+            **_stamp("updated", moment),
+            "pick_up_address": pick_up_address,
+            "drop_off_address": drop_off_address,
+            "status": TripStatus.REQUESTED.value,
+            "rider_id": rider_id,
+            "driver_id": None,
+        }
+        with _driver_errors("cannot create trip"):
+            await self._ensure_indexes()
+            rider = await self._users.find_one({"_id": rider_id}, WITHOUT_SECRETS)
+            if rider is None:
+                raise StoreError(f"cannot create trip: no user {rider_id!r}")
+            await self._trips.insert_one(document)
+        return _trip(document, {rider_id: _user(rider)})
+
+    async def get_trip(self, trip_id: str) -> Trip | None:
+        with _driver_errors("cannot read trip"):
+            document = await self._trips.find_one({"_id": trip_id})
+        if document is None:
+            return None
+        return (await self._resolve([document]))[0]
+
+    async def list_trips(self, user: User) -> list[Trip]:
+        if user.group == "driver":
+            query: Document = {"$or": [{"driver_id": user.id},
+                                       {"status": TripStatus.REQUESTED.value}]}
+        else:
+            query = {"rider_id": user.id}
+        with _driver_errors("cannot list trips"):
+            documents = await self._trips.find(query).sort(NEWEST_FIRST).to_list(None)
+        return await self._resolve(documents)
+
+    async def active_trip_ids(self, user_id: str) -> list[str]:
+        query = {
+            "$or": [{"rider_id": user_id}, {"driver_id": user_id}],
+            "status": {"$in": [status.value for status in ACTIVE_STATUSES]},
+        }
+        with _driver_errors("cannot list trips"):
+            documents = await self._trips.find(query, {"_id": 1}).to_list(None)
+        return [document["_id"] for document in documents]
+
+    async def update_trip(
+        self,
+        trip_id: str,
+        *,
+        expected_status: TripStatus,
+        expected_driver_id: str | None,
+        status: TripStatus,
+        driver_id: str | None,
+    ) -> Trip | None:
+        expected = {"_id": trip_id, "status": expected_status.value,
+                    "driver_id": expected_driver_id}
+        change = {"$set": {"status": status.value, "driver_id": driver_id,
+                           **_stamp("updated", now())}}
+        with _driver_errors("cannot update trip"):
+            document = await self._trips.find_one_and_update(
+                expected, change, return_document=ReturnDocument.AFTER,
+            )
+        if document is None:
+            return None
+        return (await self._resolve([document]))[0]
+
+    async def _ensure_indexes(self) -> None:
+        """Create the indexes once per store; creating an existing index is a no-op."""
+        if self._indexed:
+            return
+        await self._users.create_index("username_key", unique=True, name="username_key")
+        for keys in TRIP_INDEXES:
+            await self._trips.create_index(keys)
+        self._indexed = True
+
+    async def _resolve(self, documents: list[Document]) -> list[Trip]:
+        """Trips with riders and drivers as Users, fetched in one `$in` query for all."""
+        ids = _user_ids(documents)
+        users: dict[str, User] = {}
+        if ids:
+            with _driver_errors("cannot read users"):
+                found = await self._users.find({"_id": {"$in": ids}}, WITHOUT_SECRETS).to_list(None)
+            users = {document["_id"]: _user(document) for document in found}
+        return [_trip(document, users) for document in documents]
+
+
+def database_name(url: str) -> str:
+    """The database named by the URL path, as PyMongo reads it; StoreError when none."""
+    _, _, rest = url.partition("://")
+    _, _, path = rest.partition("/")
+    name = unquote_plus(path.partition("?")[0]).partition(".")[0]
+    if not name:
+        raise StoreError("store.url: names no database; use mongodb://host:port/dbname")
+    if FORBIDDEN_NAME_CHARACTERS & set(name):
+        raise StoreError(f"store.url: {name!r} is not a valid MongoDB database name")
+    return name
+
+
+def _client(url: str) -> AsyncMongoClient[Document]:
+    """A client for `url`; it parses the URL now and connects on first use."""
+    options: dict[str, Any] = {"tz_aware": True}
+    if "serverselectiontimeoutms" not in url.lower():
+        options["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
+    try:
+        return AsyncMongoClient(url, **options)
+    except (PyMongoError, ValueError, TypeError) as error:
+        raise StoreError(f"store.url: {_one_line(error)}") from None
+
+
+@contextmanager
+def _driver_errors(doing: str) -> Iterator[None]:
+    """Driver failures become StoreError, the one error the contract names."""
+    try:
+        yield
+    except PyMongoError as error:
+        raise StoreError(f"{doing}: {_one_line(error)}") from error
+
+
+def _one_line(error: BaseException) -> str:
+    """PyMongo's messages can span lines (topology descriptions); logs want one."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _stamp(name: str, moment: datetime) -> Document:
+    """A time as a BSON date (milliseconds) and as exact integer microseconds."""
+    return {name: moment, f"{name}_us": (moment - EPOCH) // timedelta(microseconds=1)}
+
+
+def _time(microseconds: int) -> datetime:
+    return EPOCH + timedelta(microseconds=microseconds)
+
+
+def _user_ids(documents: Iterable[Document]) -> list[str]:
+    ids = {document.get(key) for document in documents for key in ("rider_id", "driver_id")}
+    return sorted(user_id for user_id in ids if user_id is not None)
+
+
+def _user(document: Document) -> User:
+    return User(
+        id=document["_id"],
+        username=document["username"],
+        group=document["group"],
+        first_name=document.get("first_name", ""),
+        last_name=document.get("last_name", ""),
+        photo=document.get("photo"),
+        password_hash=document.get("password_hash", ""),
+    )
+
+
+def _trip(document: Document, users: dict[str, User]) -> Trip:
+    rider_id, driver_id = document.get("rider_id"), document.get("driver_id")
+    return Trip(
+        id=document["_id"],
+        created=_time(document["created_us"]),
+        updated=_time(document["updated_us"]),
+        pick_up_address=document["pick_up_address"],
+        drop_off_address=document["drop_off_address"],
+        status=TripStatus(document["status"]),
+        rider=users.get(rider_id) if rider_id else None,
+        driver=users.get(driver_id) if driver_id else None,
+    )
