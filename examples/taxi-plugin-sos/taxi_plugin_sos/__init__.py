@@ -29,7 +29,8 @@ async def join_dispatch(conn: Connection) -> None:
 
 async def raise_alert(conn: Connection, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("trip"), str):
-        raise ProtocolError("invalid", "An SOS names its trip.", {"trip": ["This field is required."]})
+        raise ProtocolError("invalid", "An SOS names its trip.",
+                            {"trip": ["This field is required."]})
     note = data.get("note", "")
     if not isinstance(note, str) or len(note) > MAX_NOTE:
         raise ProtocolError("invalid", "The note is not valid.",
