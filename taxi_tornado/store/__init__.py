@@ -201,7 +201,7 @@ def open_store(url: str) -> Store:
 
         return SQLiteStore(url.removeprefix("sqlite:///"))
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        from taxi_tornado.store.mongo import MongoStore  # type: ignore[import-not-found,unused-ignore]
+        from taxi_tornado.store.mongo import MongoStore
 
-        return MongoStore(url)  # type: ignore[no-any-return,unused-ignore]
+        return MongoStore(url)
     raise StoreError(f"store.url: unsupported scheme in {url!r}")

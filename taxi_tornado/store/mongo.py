@@ -256,8 +256,9 @@ def _driver_errors(doing: str) -> Iterator[None]:
 
 
 def _one_line(error: BaseException) -> str:
-    """PyMongo's messages can span lines (topology descriptions); logs want one."""
-    text = " ".join(str(error).split())
+    """PyMongo's messages can span lines and end in a topology dump; logs want one
+    short line."""
+    text = " ".join(str(error).split()).partition(", Topology Description:")[0]
     return text if len(text) <= 300 else text[:297] + "..."
 
 
