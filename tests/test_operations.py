@@ -18,6 +18,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,20 +41,26 @@ GOING_AWAY = 1001
 
 # --- helpers shared with tests/test_nginx.py --------------------------------------------
 
-async def seed_users(tmp_path: Path, *users: tuple[str, str]) -> dict[str, str]:
+@dataclass(frozen=True)
+class Seeded:
+    id: str
+    token: str
+
+
+async def seed_users(tmp_path: Path, *users: tuple[str, str]) -> dict[str, Seeded]:
     """Create (username, group) users in the data dir a spawned server will use.
 
-    Returns an access token per username, signed with the test secret.
+    Returns each user's id and an access token signed with the test secret.
     """
     store = open_store(make_settings(tmp_path).store_url)
     await store.open()
     tokens = TokenAuthority(AuthSettings(secret_key=SECRET))
-    issued: dict[str, str] = {}
+    issued: dict[str, Seeded] = {}
     try:
         for username, group in users:
             user = await store.create_user(username=username, password_hash=PASSWORD_HASH,
                                            group=group)
-            issued[username] = tokens.issue_access(user, "http://localhost")
+            issued[username] = Seeded(user.id, tokens.issue_access(user, "http://localhost"))
     finally:
         await store.close()
     return issued
@@ -193,9 +200,9 @@ async def test_signal_drains_every_socket_with_1001_and_exits_0(
     drain_timeout = 3.0
     tokens = await seed_users(tmp_path, ("rider", "rider"), ("driver", "driver"))
     running = processes(env={"TAXI_SERVER_DRAIN_TIMEOUT": str(drain_timeout)})
-    clients = [await ws_client(running.ws_url, tokens["rider"]),
-               await ws_client(running.ws_url, tokens["driver"], v2=True)]
-    stubborn = RawSocket(running.port, "/taxi/", tokens["rider"])  # never answers the close
+    clients = [await ws_client(running.ws_url, tokens["rider"].token),
+               await ws_client(running.ws_url, tokens["driver"].token, v2=True)]
+    stubborn = RawSocket(running.port, "/taxi/", tokens["rider"].token)  # never answers the close
     probe = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
     probe.request("GET", "/readyz")
     assert probe.getresponse().read() and True
@@ -227,7 +234,7 @@ async def test_drain_ends_early_when_every_client_completes_the_close(
 ) -> None:
     tokens = await seed_users(tmp_path, ("rider", "rider"))
     running = processes(env={"TAXI_SERVER_DRAIN_TIMEOUT": "30"})
-    client = await ws_client(running.ws_url, tokens["rider"])
+    client = await ws_client(running.ws_url, tokens["rider"].token)
     started = time.monotonic()
     running.process.terminate()
     assert await client.closed() == GOING_AWAY
