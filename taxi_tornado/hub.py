@@ -200,6 +200,8 @@ class Hub:
             member.deliver(frame)
             delivered += 1
         metrics.FANOUT_SIZE.observe(delivered)
+        if delivered:
+            metrics.group_frames_out(payload).inc(delivered)
         return delivered
 
 

@@ -58,3 +58,22 @@ def errors(code: str) -> Counter:
 @lru_cache(maxsize=1024)
 def handler_seconds(message_type: str) -> Histogram:
     return HANDLER_SECONDS.labels(message_type)
+
+
+FRAMES_OUT_ERROR = frames_out("error")
+TYPE_PREFIX = b'{"type":"'
+
+
+def group_frames_out(payload: bytes) -> Counter:
+    """The frames_out child for a group message, by its type, without decoding it.
+
+    Messages built by the server put `type` first (orjson keeps key order), so the type
+    is read from the payload's start; anything else (a hub API message with `type`
+    further on, or an escaped type) is counted under "other".
+    """
+    if payload.startswith(TYPE_PREFIX):
+        end = payload.find(b'"', len(TYPE_PREFIX))
+        name = payload[len(TYPE_PREFIX):end]
+        if end > 0 and b"\\" not in name:
+            return frames_out(name.decode(errors="replace"))
+    return frames_out("other")

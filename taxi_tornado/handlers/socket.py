@@ -27,10 +27,13 @@ log = logging.getLogger("taxi_tornado.socket")
 
 SUBPROTOCOL_V2 = "taxi.v2"
 GOING_AWAY = 1001
-ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
+# Deepest nesting of arrays and objects in a frame, the envelope counting as one level.
+# orjson alone stops at 1024; a client never needs more than a few levels.
+MAX_NESTING = 32
+TOO_DEEP = f"The frame nests arrays and objects deeper than {MAX_NESTING} levels."
 
 
 class TaxiSocket(WebSocketHandler):
@@ -122,6 +125,8 @@ class TaxiSocket(WebSocketHandler):
             self.writer.write(frame)
 
     def _too_slow(self) -> None:
+        if self.close_sent is not None:
+            return  # already closing: count and log a slow reader once
         metrics.SLOW_CLIENT_CLOSES.inc()
         log.warning("closing a slow reader: user=%s remote=%s", self._user_id(),
                     self.request.remote_ip)
@@ -139,6 +144,9 @@ class TaxiSocket(WebSocketHandler):
             envelope = decode(message)
         except DecodeError:
             self._send_error(conn, "invalid_json", "The frame is not valid JSON.", None, None)
+            return
+        if nests_too_deep(message, envelope):
+            self._send_error(conn, "invalid_message", TOO_DEEP, None, None)
             return
         await self._dispatch(conn, envelope)
 
@@ -189,6 +197,7 @@ class TaxiSocket(WebSocketHandler):
         if frame_id is not None:
             reply = {**reply, "id": frame_id}
         conn.send(reply)
+        metrics.frames_out(reply.get("type", "")).inc()
 
     def _rate_limited(self, conn: Connection) -> None:
         metrics.RATE_LIMITED.inc()
@@ -212,6 +221,7 @@ class TaxiSocket(WebSocketHandler):
         errors: dict[str, list[str]] | None = None,
     ) -> None:
         metrics.errors(code).inc()
+        metrics.FRAMES_OUT_ERROR.inc()
         frame: dict[str, Any] = {
             "type": "error",
             "data": {"code": code, "detail": detail, "for": for_type, "errors": errors or {}},
@@ -247,11 +257,12 @@ class TaxiSocket(WebSocketHandler):
             except Exception:
                 log.exception("on-disconnect hook of plugin %s failed", plugin)
 
-    def _logged_close_code(self) -> int:
-        """The code we sent, else the client's, else 1006 (no close frame: link lost)."""
+    def _logged_close_code(self) -> int | str:
+        """The code we sent, else the client's; "-" when neither side sent one (a lost
+        link, a ping timeout, or a close frame without a code)."""
         if self.close_sent is not None:
             return self.close_sent
-        return self.close_code if self.close_code is not None else ABNORMAL_CLOSURE
+        return self.close_code if self.close_code is not None else "-"
 
     def _user_id(self) -> str:
         return self.connection.user.id if self.connection else "-"
@@ -291,3 +302,31 @@ class TokenBucket:
             return False
         self.tokens -= 1
         return True
+
+
+def nests_too_deep(message: str | bytes, envelope: Any) -> bool:
+    """Whether `envelope` (decoded from `message`) nests deeper than MAX_NESTING.
+
+    Counting brackets in the text is a C-speed scan that clears nearly every frame: with
+    no more than MAX_NESTING of them, no nesting can be deeper. Only the rest are walked.
+    """
+    if isinstance(message, str):
+        brackets = message.count("[") + message.count("{")
+    else:
+        brackets = message.count(b"[") + message.count(b"{")
+    return brackets > MAX_NESTING and _deeper_than(envelope, MAX_NESTING)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Walk containers only, depth first, stopping at the first one past `limit`."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return False
