@@ -17,6 +17,7 @@ import math
 import re
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -237,6 +238,7 @@ class RedisBroker(Broker):
         self._receiver: Receiver | None = None
         self._node = b""
         self._up = False
+        self._came_up = False
         self._down_since: float | None = None
         self._settled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -344,30 +346,43 @@ class RedisBroker(Broker):
     async def _run(self) -> None:
         delay = BACKOFF_MIN
         while True:
+            self._came_up = False
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                self._link_lost(error)
-            if self._up:
+                self._link_lost(error, self._came_up)
+            if self._came_up:
                 delay = BACKOFF_MIN
-            self._up = False
             self._settled.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _session(self) -> None:
-        """Connect, subscribe every current group, then read until the link fails."""
+        """Connect, subscribe every current group, then read until the link fails.
+
+        Plain tasks and asyncio.wait rather than a TaskGroup: on Python 3.11 a TaskGroup
+        whose child fails as the parent is cancelled can swallow the cancellation, and
+        stop() would wait for ever.
+        """
         conn = self._connection()
+        tasks: list[asyncio.Task[None]] = []
         try:
             await _connect(conn)
             self._last_read = time.monotonic()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._read(conn))
-                tasks.create_task(self._watch(conn))
-                tasks.create_task(self._resubscribe(conn))
+            tasks = [asyncio.ensure_future(work) for work in (
+                self._read(conn), self._watch(conn), self._resubscribe(conn))]
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # only _resubscribe ends without an error
         finally:
+            for task in tasks:
+                task.cancel()
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: it is reported by _run, not by asyncio
             self._link = None
             self._up = False
             self._release_waiters()
@@ -480,6 +495,7 @@ class RedisBroker(Broker):
 
     def _link_up(self, groups: int) -> None:
         self._up = True
+        self._came_up = True
         self._publish_failing = False
         self._settled.set()
         if self._down_since is None:
@@ -489,12 +505,12 @@ class RedisBroker(Broker):
                     _without_password(self.url), time.monotonic() - self._down_since, groups)
         self._down_since = None
 
-    def _link_lost(self, error: BaseException) -> None:
+    def _link_lost(self, error: BaseException, was_up: bool) -> None:
         """Logged once per outage, not once per retry."""
         if self._down_since is not None:
             return
         self._down_since = time.monotonic()
-        verb = "lost" if self._up else "cannot reach"
+        verb = "lost" if was_up else "cannot reach"
         log.warning("hub: %s Redis at %s (%s); local delivery goes on, sends to other "
                     "processes are dropped, reconnecting with backoff up to %ss",
                     verb, _without_password(self.url), _reason(error), BACKOFF_MAX)

@@ -1,0 +1,411 @@
+"""The Redis hub inside one test process: two Hubs sharing a real Redis stand for two
+server processes. Each test uses its own hub.prefix, so tests sharing 127.0.0.1:6379
+(with each other and with other suites) never see each other's channels."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from taxi_tornado.hub import (
+    Hub,
+    RedisBroker,
+    build_broker,
+    parse_wire_message,
+    publish,
+    publish_sync,
+    redis_url_problem,
+    wire_message,
+)
+from taxi_tornado.settings import SettingsError, load_settings
+from tests.conftest import free_port
+from tests.redis_server import SHARED_REDIS, RedisServer
+
+Deadline = 10.0
+
+
+class Inbox:
+    """A hub member that keeps what it is handed (the hub's view of a connection)."""
+
+    def __init__(self, version: int = 1) -> None:
+        self.id = uuid.uuid4().hex
+        self.version = version
+        self.frames: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def deliver(self, frame: bytes) -> None:
+        self.frames.put_nowait(frame)
+
+    async def next(self, timeout: float = 5) -> Any:
+        return orjson.loads(frame_payload(await asyncio.wait_for(self.frames.get(), timeout)))
+
+    def pending(self) -> list[Any]:
+        items = []
+        while not self.frames.empty():
+            items.append(orjson.loads(frame_payload(self.frames.get_nowait())))
+        return items
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of an unmasked server text frame."""
+    assert frame[0] == 0x81
+    size = frame[1] & 0x7F
+    return frame[{126: 4, 127: 10}.get(size, 2):]
+
+
+def message(n: Any) -> dict[str, Any]:
+    return {"type": "test.message", "data": n}
+
+
+HubFactory = Callable[..., Awaitable[Hub]]
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def hubs(prefix: str) -> AsyncIterator[HubFactory]:
+    """Start Hubs on a Redis broker (the shared Redis unless `url` is given)."""
+    started: list[Hub] = []
+
+    async def _hub(url: str = SHARED_REDIS) -> Hub:
+        hub = Hub(RedisBroker(url, prefix))
+        await hub.start()
+        started.append(hub)
+        return hub
+
+    yield _hub
+    for hub in started:
+        await hub.stop()
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(SHARED_REDIS)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+async def numsub(client: aioredis.Redis, channel: str) -> int:
+    counts = await client.pubsub_numsub(channel)
+    return int(counts[0][1])
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = Deadline) -> None:
+    """Poll `check` (sync or async) until it is true."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+# --- delivery across processes ------------------------------------------------------------
+
+async def test_group_send_reaches_a_member_on_the_other_process(hubs: HubFactory) -> None:
+    a, b = await hubs(), await hubs()
+    member = Inbox()
+    await b.join(member, "drivers")
+    # No wait: join returned only after Redis confirmed the subscription.
+    await a.send("drivers", message(1))
+    assert await member.next() == message(1)
+
+
+async def test_subscription_is_confirmed_before_join_returns(hubs: HubFactory) -> None:
+    a, b = await hubs(), await hubs()
+    for n in range(20):
+        member = Inbox()
+        await b.join(member, f"trip-{n}")
+        await a.send(f"trip-{n}", message(n))
+        assert await member.next() == message(n)
+
+
+async def test_members_joining_while_the_subscription_is_pending_wait_for_it(
+    hubs: HubFactory,
+) -> None:
+    a, b = await hubs(), await hubs()
+    first, second = Inbox(), Inbox()
+    await asyncio.gather(b.join(first, "drivers"), b.join(second, "drivers"))
+    await a.send("drivers", message("both"))
+    assert await first.next() == message("both")
+    assert await second.next() == message("both")
+
+
+async def test_origin_process_delivers_once(hubs: HubFactory) -> None:
+    a, b = await hubs(), await hubs()
+    local, remote = Inbox(), Inbox()
+    await a.join(local, "drivers")
+    await b.join(remote, "drivers")
+    await a.send("drivers", message("from a"))
+    assert await remote.next() == message("from a")
+    # B's send travels through Redis after A's own message did: once A hands B's message
+    # to `local`, an echo of A's message would already have arrived before it.
+    await b.send("drivers", message("from b"))
+    assert await remote.next() == message("from b")
+    assert await local.next() == message("from a")
+    assert await local.next() == message("from b")
+    assert local.pending() == []
+
+
+async def test_exclude_is_honoured_on_the_other_process(hubs: HubFactory) -> None:
+    a, b = await hubs(), await hubs()
+    sender, other = Inbox(), Inbox()
+    await b.join(sender, "trip")
+    await b.join(other, "trip")
+    await a.send("trip", message("not for sender"), exclude=sender.id)
+    await a.send("trip", message("barrier"))
+    assert await other.next() == message("not for sender")
+    assert await other.next() == message("barrier")
+    assert await sender.next() == message("barrier")
+    assert sender.pending() == []
+
+
+async def test_min_version_is_honoured_on_the_other_process(hubs: HubFactory) -> None:
+    a, b = await hubs(), await hubs()
+    old, new = Inbox(version=1), Inbox(version=2)
+    await b.join(old, "drivers")
+    await b.join(new, "drivers")
+    await a.send("drivers", message("v2 only"), min_version=2)
+    await a.send("drivers", message("barrier"))
+    assert await new.next() == message("v2 only")
+    assert await new.next() == message("barrier")
+    assert await old.next() == message("barrier")
+    assert old.pending() == []
+
+
+async def test_sends_arrive_in_order_per_sender_and_group(hubs: HubFactory) -> None:
+    a, b = await hubs(), await hubs()
+    member = Inbox()
+    await b.join(member, "trip")
+    await asyncio.gather(*(a.send("trip", message(n)) for n in range(200)))
+    assert [await member.next() for _ in range(200)] == [message(n) for n in range(200)]
+
+
+async def test_received_sends_are_counted(hubs: HubFactory) -> None:
+    from taxi_tornado import metrics
+
+    a, b = await hubs(), await hubs()
+    member = Inbox()
+    await b.join(member, "drivers")
+    before = metrics.HUB_RECEIVED._value.get()
+    await a.send("drivers", message(1))
+    await member.next()
+    assert metrics.HUB_RECEIVED._value.get() == before + 1
+
+
+# --- subscriptions follow membership ----------------------------------------------------
+
+async def test_subscribes_with_the_first_member_and_unsubscribes_after_the_last(
+    hubs: HubFactory, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    a, b = await hubs(), await hubs()
+    channel = f"{prefix}:group:drivers"
+    one, two, three = Inbox(), Inbox(), Inbox()
+    assert await numsub(redis_client, channel) == 0
+    await a.join(one, "drivers")
+    assert await numsub(redis_client, channel) == 1
+    await a.join(two, "drivers")
+    assert await numsub(redis_client, channel) == 1
+    await b.join(three, "drivers")
+    assert await numsub(redis_client, channel) == 2
+    await a.leave(one, "drivers")
+    assert await numsub(redis_client, channel) == 2
+    await a.leave(two, "drivers")
+    await eventually(lambda: _numsub_is(redis_client, channel, 1), "A unsubscribed")
+    await b.leave_all(three, ["drivers"])
+    await eventually(lambda: _numsub_is(redis_client, channel, 0), "B unsubscribed")
+    channels = await redis_client.pubsub_channels(f"{prefix}:*")
+    assert channels == []
+
+
+async def _numsub_is(client: aioredis.Redis, channel: str, expected: int) -> bool:
+    return await numsub(client, channel) == expected
+
+
+async def test_interleaved_joins_and_leaves_end_in_the_state_of_the_last(
+    hubs: HubFactory, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    a, b = await hubs(), await hubs()
+    for round_ in range(10):
+        group = f"race-{round_}"
+        first, second = Inbox(), Inbox()
+        # Started together: subscribe, unsubscribe, subscribe reach Redis in that order.
+        await asyncio.gather(a.join(first, group), a.leave(first, group), a.join(second, group))
+        assert a.members(group) == 1
+        assert await numsub(redis_client, f"{prefix}:group:{group}") == 1
+        await b.send(group, message(round_))
+        assert await second.next() == message(round_)
+        await asyncio.gather(a.leave(second, group), a.join(first, group), a.leave(first, group))
+        assert a.members(group) == 0
+        await eventually(lambda g=group: _numsub_is(redis_client, f"{prefix}:group:{g}", 0),
+                         f"{group} unsubscribed")
+
+
+# --- one PUBLISH per group send ----------------------------------------------------------
+
+async def test_one_publish_per_group_send_whatever_the_member_count(
+    hubs: HubFactory, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    a, b, c = await hubs(), await hubs(), await hubs()
+    members = [Inbox() for _ in range(60)]
+    for n, member in enumerate(members):
+        await (a, b, c)[n % 3].join(member, "drivers")
+    marker = f"{prefix}-end"
+    async with redis_client.monitor() as monitor:
+        await a.send("drivers", message("fan-out"))
+        await b.send("drivers", message("fan-out again"))
+        await redis_client.echo(marker)
+        publishes = []
+        while True:
+            command = (await monitor.next_command())["command"]
+            if marker in command:
+                break
+            if command.upper().startswith("PUBLISH") and prefix in command:
+                publishes.append(command)
+    assert len(publishes) == 2, publishes
+    for member in members:
+        assert {(await member.next())["data"], (await member.next())["data"]} == {
+            "fan-out", "fan-out again"}
+
+
+# --- publishing from outside -------------------------------------------------------------
+
+async def test_publish_from_another_process_reaches_every_hub(
+    hubs: HubFactory, prefix: str
+) -> None:
+    a, b = await hubs(), await hubs()
+    on_a, on_b = Inbox(), Inbox()
+    await a.join(on_a, "user:42")
+    await b.join(on_b, "user:42")
+    receivers = await publish(SHARED_REDIS, "user:42", message("async"), prefix=prefix)
+    assert receivers == 2
+    assert await on_a.next() == message("async")
+    assert await on_b.next() == message("async")
+    await asyncio.to_thread(publish_sync, SHARED_REDIS, "user:42", message("sync"),
+                            prefix=prefix)
+    assert await on_a.next() == message("sync")
+    assert await on_b.next() == message("sync")
+
+
+async def test_publish_needs_a_shared_hub() -> None:
+    with pytest.raises(ValueError, match="memory://"):
+        await publish("memory://", "drivers", message(1))
+
+
+async def test_publish_raises_when_redis_is_unreachable() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    with pytest.raises(RedisConnectionError):
+        await publish(f"redis://127.0.0.1:{free_port()}/0", "drivers", message(1))
+
+
+# --- the wire format and URLs ------------------------------------------------------------
+
+def test_wire_message_round_trips() -> None:
+    payload = orjson.dumps(message("line\nbreak ünïcode"))
+    data = wire_message(b"node1", payload, "member7", 2)
+    assert data.startswith(b"taxi1 node1 2 member7\n")
+    assert parse_wire_message(data) == (b"node1", "member7", 2, payload)
+    assert parse_wire_message(wire_message(b"", payload, None, 1)) == (b"-", None, 1, payload)
+    assert parse_wire_message(payload) is None
+    assert parse_wire_message(b"taxi1 a b c\n{}") is None
+
+
+@pytest.mark.parametrize("url", [
+    "redis://host:notaport", "redis://host:99999/0", "redis://", "redis://h:6379/db",
+    "unix://", "redis://h:6379/0?socket_timeout=soon",
+])
+def test_malformed_hub_url_is_one_settings_line(url: str, tmp_path: Path) -> None:
+    assert redis_url_problem(url)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={"TAXI_HUB_URL": url, "TAXI_DATA_DIR": str(tmp_path)},
+                      create_secret=False)
+    text = str(caught.value)
+    assert text.startswith("hub.url: ") and "\n" not in text
+    with pytest.raises(ValueError, match=r"^hub\.url: "):
+        RedisBroker(url, "taxi")
+
+
+def test_good_hub_urls_pass() -> None:
+    for url in ("redis://127.0.0.1:6379/0", "redis://:pw@redis.internal/3", "rediss://h:6380",
+                "unix:///run/redis.sock?db=1"):
+        assert redis_url_problem(url) is None, url
+
+
+def test_describe_names_the_url_without_the_password() -> None:
+    broker = build_broker("redis://user:s3cret@127.0.0.1:6379/0", "taxi")
+    assert "s3cret" not in broker.describe()
+    assert "redis://user:***@127.0.0.1:6379/0" in broker.describe()
+    assert "s3cret" not in RedisBroker("unix:///r.sock?password=s3cret", "t").describe()
+    assert "s3cret" not in str(redis_url_problem("redis://:s3cret@h:bad/0"))
+
+
+# --- faults ------------------------------------------------------------------------------
+
+async def test_unreachable_redis_at_start_does_not_stop_the_hub(
+    hubs: HubFactory, tmp_path: Path
+) -> None:
+    redis_server = RedisServer(tmp_path)
+    a, b = await hubs(redis_server.url), await hubs(redis_server.url)
+    assert not a.broker.ready
+    local, remote = Inbox(), Inbox()
+    await asyncio.wait_for(a.join(local, "drivers"), 3)
+    await asyncio.wait_for(b.join(remote, "drivers"), 3)
+    assert await asyncio.wait_for(a.send("drivers", message("local only")), 3) == 1
+    assert await local.next() == message("local only")
+    redis_server.start()
+    try:
+        await eventually(lambda: a.broker.ready and b.broker.ready, "both hubs connect")
+        await a.send("drivers", message("across"))
+        assert await remote.next() == message("across")
+    finally:
+        redis_server.kill()
+
+
+async def test_lost_redis_is_logged_once_and_delivery_resumes_after_restart(
+    hubs: HubFactory, private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="taxi_tornado.hub")
+    a, b = await hubs(private_redis.url), await hubs(private_redis.url)
+    local, remote = Inbox(), Inbox()
+    await a.join(local, "drivers")
+    await b.join(remote, "drivers")
+    await a.send("drivers", message("before"))
+    assert await remote.next() == message("before")
+    assert await local.next() == message("before")
+
+    private_redis.kill()
+    await eventually(lambda: not a.broker.ready and not b.broker.ready, "both see the loss")
+    assert await asyncio.wait_for(a.send("drivers", message("during")), 3) == 1
+    assert await local.next() == message("during")
+
+    private_redis.start()
+    await eventually(lambda: a.broker.ready and b.broker.ready, "both reconnect")
+    await a.send("drivers", message("after"))
+    assert await remote.next() == message("after")
+    assert await local.next() == message("after")
+    assert remote.pending() == []  # "during" was dropped, not replayed: at most once
+    lost = [r for r in caplog.records if "lost Redis" in r.getMessage()]
+    restored = [r for r in caplog.records if "restored" in r.getMessage()]
+    assert len(lost) == 2 and len(restored) == 2, [r.getMessage() for r in caplog.records]
