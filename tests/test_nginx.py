@@ -94,7 +94,7 @@ def site_config(directory: Path, http_port: int, https_port: int, upstreams: lis
         (r"/var/log/nginx/", f"{directory}/"),
     ]
     for pattern, replacement in substitutions:
-        site, count = re.subn(pattern, lambda _m, r=replacement: r, site)
+        site, count = re.subn(pattern, replacement.replace("\\", "\\\\"), site)
         assert count, f"deploy/nginx.conf no longer contains {pattern!r}"
     return site
 
@@ -184,12 +184,18 @@ async def seed(proxy: Proxy, *users: tuple[str, str]) -> dict[str, Seeded]:
     return {name.split(".")[0]: value for name, value in seeded.items()}
 
 
-def server_of(proxy: Proxy, user_id: str) -> int:
-    """Which server process (index) logged the socket of `user_id`."""
-    found = [index for index, server in enumerate(proxy.servers)
-             if f"socket open user={user_id} " in server.log()]
-    assert len(found) == 1, f"user {user_id} seen on servers {found}"
-    return found[0]
+async def server_of(proxy: Proxy, user_id: str) -> int:
+    """Which server process (index) logged the socket of `user_id`.
+
+    The line is written when the socket opens, just after the handshake answer left.
+    """
+    def found() -> list[int]:
+        return [index for index, server in enumerate(proxy.servers)
+                if f"socket open user={user_id} " in server.log()]
+
+    await eventually(lambda: bool(found()))
+    assert len(found()) == 1, f"user {user_id} seen on servers {found()}"
+    return found()[0]
 
 
 # --- the tests ------------------------------------------------------------------------------
@@ -212,7 +218,8 @@ async def test_trip_flow_across_two_processes_through_nginx(
     # nginx balances round-robin: two drivers in a row land on different processes.
     drivers = [await connect(proxy, users[name].token, tls) for name in ("driver1", "driver2")]
     rider = await connect(proxy, users["rider"].token, tls)
-    places = {name: server_of(proxy, users[name].id) for name in ("driver1", "driver2", "rider")}
+    places = {name: await server_of(proxy, users[name].id)
+              for name in ("driver1", "driver2", "rider")}
     assert places["driver1"] != places["driver2"]
 
     request = {"type": "trip.request", "id": "r1",
@@ -247,7 +254,7 @@ async def test_server_sees_the_client_address_not_a_forged_one(
     client = await connect(proxy, users["rider"].token, tls, source_ip=CLIENT_IP,
                            headers=forged)
     assert (await client.request({"type": "echo.message", "data": 1}))["data"] == 1
-    index = server_of(proxy, users["rider"].id)
+    index = await server_of(proxy, users["rider"].id)
     log = proxy.servers[index].log()
     assert f"socket open user={users['rider'].id} remote={CLIENT_IP} " in log
     assert "203.0.113.9" not in log
