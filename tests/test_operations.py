@@ -225,7 +225,7 @@ def log_lines(running: ServerProcess) -> list[str]:
 async def test_signal_drains_every_socket_with_1001_and_exits_0(
     tmp_path: Path, processes: Callable[..., ServerProcess], signum: int
 ) -> None:
-    drain_timeout = 3.0
+    drain_timeout = 2.0
     tokens = await seed_users(tmp_path, ("rider", "rider"), ("driver", "driver"))
     running = processes(env={"TAXI_SERVER_DRAIN_TIMEOUT": str(drain_timeout)})
     clients = [await ws_client(running.ws_url, tokens["rider"].token),
