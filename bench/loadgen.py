@@ -24,7 +24,9 @@ import gc
 import json
 import multiprocessing
 import resource
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -85,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                      help="extra environment for the taxi_tornado server, e.g. "
                      "TAXI_LOG_LEVEL=warning")
+    top.add_argument("--py-spy", metavar="FILE",
+                     help="profile the taxi_tornado server with py-spy (collapsed stacks)")
     top.add_argument("-c", type=int, default=50, help="echo: clients")
     top.add_argument("-d", type=float, default=15, help="echo/location: measured seconds")
     top.add_argument("--warmup", type=float, default=2, help="echo/location: seconds before")
@@ -111,10 +115,19 @@ def run_once(scenario: Scenario, kind: str, population: Population,
     extra = dict(item.split("=", 1) for item in args.server_env) if kind == "taxi" else {}
     target = Target(kind, population, extra)
     target.start()
+    profiler = None
+    if args.py_spy and kind == "taxi":
+        profiler = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(target.pid), "--rate", "400", "--format", "raw",
+             "--output", args.py_spy, "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         tokens = scenario.tokens(target, population, args)
         result = drive(scenario, target, tokens, args)
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
         target.stop()
     return {"tool": "bench.loadgen", "scenario": scenario.name, "target": kind,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

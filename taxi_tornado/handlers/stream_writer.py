@@ -10,6 +10,13 @@ Backpressure without a task per write: the stream's buffer is the outbound queue
 the stream is still writing (the kernel would not take everything), each further frame
 counts towards `limit`; once it is exceeded, the reader is too slow and the connection
 is closed with 1013. When the buffer drains, the count starts again.
+
+The common case skips even the buffer: when nothing is queued on a plain (not TLS)
+stream, the frame goes to `stream.socket.send()` at once. `IOStream.write` would make a
+Future, attach a callback and schedule it on the loop for every frame, which profiles
+showed to cost more than the send itself in a fan-out. Whatever the kernel does not take
+(a full socket buffer) is handed to `stream.write`, so order and backpressure hold; a
+send error is left for the stream's own write to meet, so it closes the stream as usual.
 """
 
 from __future__ import annotations
@@ -34,13 +41,17 @@ def socket_stream(handler: WebSocketHandler) -> IOStream | None:
 class StreamWriter:
     """Frame writer for one socket with a bounded queue."""
 
-    __slots__ = ("stream", "limit", "backlog", "on_overflow")
+    __slots__ = ("backlog", "limit", "on_overflow", "send", "stream")
 
     def __init__(self, stream: IOStream, limit: int, on_overflow: Callable[[], None]) -> None:
         self.stream = stream
         self.limit = limit
         self.backlog = 0
         self.on_overflow = on_overflow
+        # TLS streams keep their own state around the socket: always go through them.
+        self.send: Callable[[bytes], int] | None = (
+            stream.socket.send if type(stream) is IOStream else None
+        )
 
     def write(self, frame: bytes) -> bool:
         """Queue `frame`; False when the socket is gone or was just closed as too slow."""
@@ -52,10 +63,22 @@ class StreamWriter:
             if self.backlog > self.limit:
                 self.on_overflow()
                 return False
-        else:
-            self.backlog = 0
+            return self._queue(frame)
+        self.backlog = 0
+        send = self.send
+        if send is not None:
+            try:
+                sent = send(frame)
+            except OSError:  # BlockingIOError, or an error the stream's write will meet
+                sent = 0
+            if sent == len(frame):
+                return True
+            frame = frame[sent:]
+        return self._queue(frame)
+
+    def _queue(self, frame: bytes) -> bool:
         try:
-            stream.write(frame)
+            self.stream.write(frame)
         except StreamClosedError:
             return False
         return True
