@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+
+from tornado.netutil import bind_sockets
 
 from taxi_tornado import __version__
 from taxi_tornado.app import Server, build_services
@@ -77,16 +82,47 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     settings = with_secret(settings)
     sockets = None
     if settings.server.processes > 1:
-        from tornado.netutil import bind_sockets
-        from tornado.process import fork_processes
-
         sockets = bind_sockets(settings.server.port, settings.server.host)
-        fork_processes(settings.server.processes)
+        parent_status = fork_workers(settings.server.processes)
+        if parent_status is not None:
+            return parent_status
     services = build_services(settings, registry, plugins)
     return asyncio.run(_serve(Server(settings, services), sockets))
 
 
-async def _serve(server: Server, sockets: list | None) -> int:  # type: ignore[type-arg]
+def fork_workers(count: int) -> int | None:
+    """Fork `count` workers sharing the bound sockets.
+
+    Returns None in a worker. The parent forwards SIGTERM and SIGINT to every worker (so a
+    supervisor that signals only the main pid still drains them all), waits for them, and
+    returns 0 when all of them exited 0.
+    """
+    workers: set[int] = set()
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            return None
+        workers.add(pid)
+
+    def forward(signum: int, frame: object) -> None:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while workers:
+        pid, wait_status = os.wait()
+        workers.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0:
+            log.error("worker %d exited with %d", pid, code)
+            status = 1
+    return status
+
+
+async def _serve(server: Server, sockets: list[socket.socket] | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,6 @@ SQLite file) and one secret; each test has its own hub.prefix so that tests shar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -295,10 +294,9 @@ async def test_two_forked_workers_share_one_port_and_their_groups(
         for driver in drivers:
             assert (await receive_type(driver, "trip.updated"))["data"] == reply["data"]
     finally:
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-    # Each worker drains (the sockets answer its 1001) and the parent exits with them.
+        server.process.send_signal(signal.SIGTERM)
+    # The parent forwards the signal; each worker drains (the sockets answer its 1001)
+    # and the parent exits 0 with them.
     assert await asyncio.to_thread(server.process.wait, 20) == 0, server.log()
 
 
