@@ -279,3 +279,11 @@ async def test_closed_socket_leaves_its_groups(server: RunningServer) -> None:
         await asyncio.sleep(0.02)
     assert server.hub.members("drivers") == 0
     assert server.hub.members(f"user:{user.id}") == 0
+
+
+async def test_plain_http_get_on_socket_path_is_json_400(server: RunningServer) -> None:
+    _, token = await server.user("rider@example.com")
+    status, data, response = await server.fetch(f"/taxi/?token={token}")
+    assert status == 400
+    assert data == {"detail": 'Can "Upgrade" only to "WebSocket".'}
+    assert response.headers["Content-Type"] == "application/json"

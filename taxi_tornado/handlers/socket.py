@@ -51,6 +51,9 @@ class TaxiSocket(WebSocketHandler):
 
     async def prepare(self) -> None:
         services = self.services
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            self._refuse(400, {"detail": 'Can "Upgrade" only to "WebSocket".'}, "not_websocket")
+            return
         if services.draining:
             self._refuse(503, {"detail": "The server is shutting down."}, "draining")
             return
@@ -119,6 +122,8 @@ class TaxiSocket(WebSocketHandler):
         metrics.CONNECTIONS_OPENED.inc()
         log.info("socket open user=%s remote=%s version=%s", conn.user.id,
                  self.request.remote_ip, conn.version)
+        if self.services.draining:  # the drain began while this handshake was under way
+            self.shut_down()
 
     def write_frame(self, frame: bytes) -> None:
         """The Transport side of Connection: write a prebuilt frame."""
