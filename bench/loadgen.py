@@ -118,7 +118,7 @@ def run_once(scenario: Scenario, kind: str, population: Population,
     profiler = None
     if args.py_spy and kind == "taxi":
         profiler = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(target.pid), "--rate", "400", "--format", "raw",
+            ["py-spy", "record", "--pid", str(target.pid), "--rate", "400", "--format", "raw", "--gil",
              "--output", args.py_spy, "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

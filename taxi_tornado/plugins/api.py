@@ -61,6 +61,10 @@ class Connection:
     held and written when it opens.
     """
 
+    # Thousands of these live at once: slots keep each about half a kilobyte smaller.
+    __slots__ = ("_pending", "_transport", "base_url", "groups", "hub", "id", "settings",
+                 "state", "store", "user", "version")
+
     def __init__(
         self,
         user: User,
@@ -80,20 +84,23 @@ class Connection:
         self.groups: set[str] = set()
         self.state: dict[str, Any] = {}  # free for plugins, keyed by plugin name
         self._transport: Transport | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] | None = None  # made by the first early frame
 
     def attach(self, transport: Transport) -> None:
         """Bind the open socket and flush what was sent before it opened."""
         self._transport = transport
-        pending, self._pending = self._pending, []
-        for frame in pending:
+        pending, self._pending = self._pending, None
+        for frame in pending or ():
             transport.write_frame(frame)
 
     def deliver(self, frame: bytes) -> None:
-        if self._transport is None:
+        transport = self._transport
+        if transport is None:
+            if self._pending is None:
+                self._pending = []
             self._pending.append(frame)
             return
-        self._transport.write_frame(frame)
+        transport.write_frame(frame)
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one message to this connection only."""

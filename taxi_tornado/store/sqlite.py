@@ -126,9 +126,10 @@ class SQLiteStore(Store):
         )
 
     async def _one_user(self, query: str, value: str) -> User | None:
-        async with self.db.execute(query, (value,)) as cursor:
-            row = await cursor.fetchone()
-        return User(*row) if row else None
+        # One trip to aiosqlite's thread, not three (execute, fetch, close): this runs on
+        # every WebSocket connect.
+        rows = list(await self.db.execute_fetchall(query, (value,)))
+        return User(*rows[0]) if rows else None
 
     async def create_trip(self, rider_id: str, pick_up_address: str, drop_off_address: str) -> Trip:
         trip_id, moment = new_id(), _stamp()
@@ -165,8 +166,7 @@ class SQLiteStore(Store):
         query = (
             f"SELECT id FROM trips WHERE (rider_id = ? OR driver_id = ?) AND status IN ({marks})"
         )
-        async with self.db.execute(query, (user_id, user_id, *ACTIVE_STATUSES)) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.db.execute_fetchall(query, (user_id, user_id, *ACTIVE_STATUSES))
         return [row[0] for row in rows]
 
     async def update_trip(
