@@ -118,8 +118,8 @@ def run_once(scenario: Scenario, kind: str, population: Population,
     profiler = None
     if args.py_spy and kind == "taxi":
         profiler = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(target.pid), "--rate", "400", "--format", "raw", "--gil",
-             "--output", args.py_spy, "--nonblocking"],
+            ["py-spy", "record", "--pid", str(target.pid), "--rate", "400", "--format", "raw",
+             "--gil", "--output", args.py_spy, "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         tokens = scenario.tokens(target, population, args)
@@ -748,6 +748,8 @@ def serve(args: argparse.Namespace) -> int:
     extra = dict(item.split("=", 1) for item in args.server_env)
     target = Target(kind, population, extra if kind == "taxi" else {})
     target.start()
+    # Stop cleanly on SIGTERM too (a shell's background job ignores SIGINT).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         rider = rider_token(target, population)
         drivers = issue_tokens(population, population.drivers, target.port)
