@@ -24,6 +24,7 @@ import gc
 import json
 import multiprocessing
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -62,13 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     population = prepare(**scenario.population(args))
     kinds = ["baseline", "taxi"] if args.target == "both" else [args.target]
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
-    for round_no in range(args.repeat):
-        for kind in kinds:
-            line = run_once(scenario, kind, population, args)
-            line["round"] = round_no + 1
-            runs[kind].append(line)
-            print(json.dumps(line), flush=True)
-            note(f"{args.scenario} {kind} #{round_no + 1}: {scenario.headline(line['result'])}")
+    try:
+        for round_no in range(args.repeat):
+            for kind in kinds:
+                line = run_once(scenario, kind, population, args)
+                line["round"] = round_no + 1
+                runs[kind].append(line)
+                print(json.dumps(line), flush=True)
+                note(f"{args.scenario} {kind} #{round_no + 1}: "
+                     f"{scenario.headline(line['result'])}")
+    finally:
+        shutil.rmtree(population.data_dir, ignore_errors=True)
     if len(kinds) > 1 or args.repeat > 1:
         summary = compare(args.scenario, scenario.figures, runs)
         print(json.dumps(summary), flush=True)
@@ -763,6 +768,7 @@ def serve(args: argparse.Namespace) -> int:
         pass
     finally:
         target.stop()
+        shutil.rmtree(population.data_dir, ignore_errors=True)
     return 0
 
 
