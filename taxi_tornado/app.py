@@ -22,6 +22,7 @@ from tornado.netutil import bind_sockets
 from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.handlers import api, auth, socket
 from taxi_tornado.handlers.base import NotFoundHandler
+from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.hub import Hub, build_broker
 from taxi_tornado.logs import log_request
 from taxi_tornado.plugins.api import Registry
@@ -98,8 +99,7 @@ def build_application(services: Services) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         default_handler_args=kwargs,
         websocket_max_message_size=server.max_message_size,
-        websocket_ping_interval=server.ping_interval or None,
-        websocket_ping_timeout=server.ping_timeout or None,
+        websocket_ping_interval=None,  # one Keepalive per process pings every socket
         log_function=log_request,
         xheaders=server.xheaders,
     )
@@ -113,6 +113,8 @@ class Server:
         self.services = services or build_services(settings)
         self.http: HTTPServer | None = None
         self.port = settings.server.port
+        self.keepalive = Keepalive(self.services.sockets, settings.server.ping_interval,
+                                   settings.server.ping_timeout)
         self._stopped = asyncio.Event()
 
     async def start(self, sockets: list[pysocket.socket] | None = None) -> None:
@@ -131,6 +133,7 @@ class Server:
         if sockets is None:
             sockets = bind_sockets(server.port, server.host)
         self.http.add_sockets(sockets)
+        self.keepalive.start()
         self.port = sockets[0].getsockname()[1]
         log.info("taxi_tornado listening on %s://%s:%s (store %s, hub %s)",
                  "https" if server.tls_cert else "http", server.host, self.port,
@@ -166,6 +169,7 @@ class Server:
                 log.warning("some HTTP connections were still open at shutdown")
         for task in list(services.tasks):
             await asyncio.wait([task], timeout=1)
+        self.keepalive.stop()
         await services.hub.stop()
         await services.store.close()
         self._stopped.set()

@@ -41,6 +41,10 @@ class TaxiSocket(WebSocketHandler):
     services: Services
     connection: Connection | None = None
     writer: StreamWriter | None = None
+    ping_sent_at = 0.0  # see handlers/keepalive.py
+
+    def on_pong(self, data: bytes) -> None:
+        self.ping_sent_at = 0.0
 
     def initialize(self, services: Services) -> None:
         self.services = services
