@@ -257,6 +257,34 @@ class StoreContract:
         finally:
             await reopened.close()
 
+    # Many askers at once (the SQLite store answers one loop turn's askers together)
+
+    async def test_concurrent_lookups_each_get_their_own_answer(self, store: Store) -> None:
+        people = await riders(store, *(f"rider{number}" for number in range(5)))
+        people += await drivers(store, *(f"driver{number}" for number in range(5)))
+        active: dict[str, list[str]] = {person.id: [] for person in people}
+        for rider, driver in zip(people[:5], people[5:], strict=True):
+            trip = await store.create_trip(rider.id, "a", "b")
+            active[rider.id].append(trip.id)
+            if driver.username != "driver0":  # driver0 holds nothing
+                await claimed(store, trip, driver)
+                active[driver.id].append(trip.id)
+        own = await store.create_trip(people[0].id, "c", "d")  # rider0 has two
+        active[people[0].id].append(own.id)
+        missing = [f"{UNKNOWN_ID[:-2]}{number:02d}" for number in range(5)]
+        asked = [*[person.id for person in people], *missing] * 5  # 50, each id 5 times
+        users, trips = await asyncio.gather(
+            asyncio.gather(*(store.get_user(user_id) for user_id in asked)),
+            asyncio.gather(*(store.active_trip_ids(user_id) for user_id in reversed(asked))),
+        )
+        by_id = {person.id: person for person in people}
+        assert [user.username if user else None for user in users] == [
+            by_id[user_id].username if user_id in by_id else None for user_id in asked]
+        assert [sorted(ids) for ids in trips] == [
+            sorted(active.get(user_id, [])) for user_id in reversed(asked)]
+        trips[0].append("mine")  # each asker got a list of its own
+        assert all("mine" not in ids for ids in trips[1:])
+
 
 async def riders(store: Store, *names: str) -> list[User]:
     return [await store.create_user(name, "hash", "rider") for name in names]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 
@@ -58,12 +60,22 @@ FROM trips t
 LEFT JOIN users r ON r.id = t.rider_id
 LEFT JOIN users d ON d.id = t.driver_id
 """
+ACTIVE_MARKS = ", ".join("?" for _ in ACTIVE_STATUSES)
+# Ids per `IN (…)` list: the active-trips query binds each twice, and 2 * 400 + 3 stays
+# under 999, the smallest variable limit an SQLite build may have.
+CHUNK = 400
+T = TypeVar("T")
 
 
 class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # Every WebSocket handshake asks for its user and active trips: during a connect
+        # storm these answer a loop turn's worth of askers with one hop to aiosqlite's
+        # thread each, instead of one hop per asker.
+        self._users = Coalescer(self._users_by_id)
+        self._active_trips = Coalescer(self._active_trips_by_user)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -86,6 +98,8 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open SQLite database {self.path}: {error}") from error
 
     async def close(self) -> None:
+        await self._users.drain()
+        await self._active_trips.drain()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -118,7 +132,7 @@ class SQLiteStore(Store):
         return user
 
     async def get_user(self, user_id: str) -> User | None:
-        return await self._one_user(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", user_id)
+        return await self._users.get(user_id)
 
     async def get_user_by_username(self, username: str) -> User | None:
         return await self._one_user(
@@ -126,10 +140,17 @@ class SQLiteStore(Store):
         )
 
     async def _one_user(self, query: str, value: str) -> User | None:
-        # One trip to aiosqlite's thread, not three (execute, fetch, close): this runs on
-        # every WebSocket connect.
+        # One trip to aiosqlite's thread, not three (execute, fetch, close).
         rows = list(await self.db.execute_fetchall(query, (value,)))
         return User(*rows[0]) if rows else None
+
+    async def _users_by_id(self, user_ids: list[str]) -> dict[str, User | None]:
+        found: dict[str, User | None] = dict.fromkeys(user_ids)
+        for chunk in _chunks(user_ids):
+            query = f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({_marks(chunk)})"
+            for row in await self._read(query, chunk):
+                found[row[0]] = User(*row)
+        return found
 
     async def create_trip(self, rider_id: str, pick_up_address: str, drop_off_address: str) -> Trip:
         trip_id, moment = new_id(), _stamp()
@@ -162,12 +183,33 @@ class SQLiteStore(Store):
         return [_trip(row) for row in rows]
 
     async def active_trip_ids(self, user_id: str) -> list[str]:
-        marks = ", ".join("?" for _ in ACTIVE_STATUSES)
-        query = (
-            f"SELECT id FROM trips WHERE (rider_id = ? OR driver_id = ?) AND status IN ({marks})"
-        )
-        rows = await self.db.execute_fetchall(query, (user_id, user_id, *ACTIVE_STATUSES))
-        return [row[0] for row in rows]
+        return list(await self._active_trips.get(user_id))  # a list of the caller's own
+
+    async def _active_trips_by_user(self, user_ids: list[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {user_id: [] for user_id in user_ids}
+        for chunk in _chunks(user_ids):
+            marks = _marks(chunk)
+            # `+status`: look trips up by rider and driver index; without statistics the
+            # planner would otherwise scan every unfinished trip by the status index.
+            query = (
+                f"SELECT id, rider_id, driver_id FROM trips"
+                f" WHERE (rider_id IN ({marks}) OR driver_id IN ({marks}))"
+                f" AND +status IN ({ACTIVE_MARKS})"
+            )
+            for trip_id, rider_id, driver_id in await self._read(
+                query, (*chunk, *chunk, *ACTIVE_STATUSES)
+            ):
+                for user_id in {rider_id, driver_id}:
+                    if user_id in found:
+                        found[user_id].append(trip_id)
+        return found
+
+    async def _read(self, query: str, parameters: Sequence[str]) -> Iterable[sqlite3.Row]:
+        """One round trip to aiosqlite's thread; its failures become StoreError."""
+        try:
+            return await self.db.execute_fetchall(query, parameters)
+        except (sqlite3.Error, ValueError) as error:  # ValueError: aiosqlite closed under us
+            raise StoreError(f"SQLite read failed: {error}") from error
 
     async def update_trip(
         self,
@@ -187,6 +229,64 @@ class SQLiteStore(Store):
         if cursor.rowcount != 1:
             return None
         return await self.get_trip(trip_id)
+
+
+class Coalescer(Generic[T]):
+    """Answers the keys asked for during one loop turn with one call of `fetch`.
+
+    `fetch(keys)` returns an answer for every key. The first `get` of a turn schedules
+    the batch with `call_soon`, so every `get` made before the loop's next turn joins it;
+    each caller awaits a future of its own (one caller cancelled cancels nobody else). A
+    failing fetch fails every caller of the batch with its error.
+    """
+
+    def __init__(self, fetch: Callable[[list[str]], Awaitable[dict[str, T]]]) -> None:
+        self._fetch = fetch
+        self._pending: dict[str, list[asyncio.Future[T]]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    def get(self, key: str) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.setdefault(key, []).append(future)
+        return future
+
+    async def drain(self) -> None:
+        """Send what is pending and wait for every batch in flight (before a close)."""
+        self._flush()
+        await asyncio.gather(*self._running)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        if not batch:  # drained already
+            return
+        task = asyncio.ensure_future(self._answer(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _answer(self, batch: dict[str, list[asyncio.Future[T]]]) -> None:
+        try:
+            answers = await self._fetch(list(batch))
+        except Exception as error:
+            for futures in batch.values():
+                for future in futures:
+                    if not future.done():  # a cancelled caller is not told
+                        future.set_exception(error)
+            return
+        for key, futures in batch.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(answers[key])
+
+
+def _chunks(keys: list[str]) -> Iterable[list[str]]:
+    return (keys[start:start + CHUNK] for start in range(0, len(keys), CHUNK))
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def _user(row: Any, offset: int) -> User | None:
