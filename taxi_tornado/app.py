@@ -27,7 +27,7 @@ from taxi_tornado.hub import Hub, build_broker
 from taxi_tornado.logs import log_request
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
-from taxi_tornado.settings import Settings
+from taxi_tornado.settings import Settings, SettingsError
 from taxi_tornado.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -117,8 +117,10 @@ class Server:
                                    settings.server.ping_timeout)
         self._stopped = asyncio.Event()
 
-    async def start(self, sockets: list[pysocket.socket] | None = None) -> None:
-        """Open the store and hub, then listen (on `sockets` when pre-bound by a fork)."""
+    async def start(self) -> None:
+        """Bind the port (a busy one stops us before anything opens), open the store and
+        the hub, then accept connections."""
+        sockets = listen_sockets(self.settings)
         services = self.services
         await services.store.open()
         await services.hub.start()
@@ -130,8 +132,6 @@ class Server:
             ssl_options=self._ssl_context(),
             max_body_size=self.settings.media.max_photo_bytes + 1024 * 1024,
         )
-        if sockets is None:
-            sockets = bind_sockets(server.port, server.host)
         self.http.add_sockets(sockets)
         self.keepalive.start()
         self.port = sockets[0].getsockname()[1]
@@ -192,6 +192,18 @@ class Server:
             if not sockets:
                 return
             await asyncio.sleep(0.01)
+
+
+def listen_sockets(settings: Settings) -> list[pysocket.socket]:
+    """The listening sockets for server.host and server.port; SO_REUSEPORT when several
+    worker processes each bind the port. A port that cannot be had is a SettingsError."""
+    server = settings.server
+    try:
+        return bind_sockets(server.port, server.host, reuse_port=server.processes > 1)
+    except OSError as error:
+        raise SettingsError(
+            f"server.port: cannot listen on {server.host}:{server.port}: {error.strerror}"
+        ) from None
 
 
 def _safe_url(url: str) -> str:

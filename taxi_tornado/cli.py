@@ -13,14 +13,11 @@ import getpass
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 
-from tornado.netutil import bind_sockets
-
 from taxi_tornado import __version__
-from taxi_tornado.app import Server, build_services
+from taxi_tornado.app import Server, build_services, listen_sockets
 from taxi_tornado.auth import hash_password
 from taxi_tornado.handlers.auth import validate_sign_up
 from taxi_tornado.logs import setup_logging
@@ -80,18 +77,19 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
     registry, plugins = load_plugins(settings.plugins.disabled)
     settings = with_secret(settings)
-    sockets = None
     if settings.server.processes > 1:
-        sockets = bind_sockets(settings.server.port, settings.server.host)
+        for probe in listen_sockets(settings):  # a busy port fails here, once
+            probe.close()
         parent_status = fork_workers(settings.server.processes)
         if parent_status is not None:
             return parent_status
     services = build_services(settings, registry, plugins)
-    return asyncio.run(_serve(Server(settings, services), sockets))
+    return asyncio.run(_serve(Server(settings, services)))
 
 
 def fork_workers(count: int) -> int | None:
-    """Fork `count` workers sharing the bound sockets.
+    """Fork `count` workers; each binds the port itself with SO_REUSEPORT, so that the
+    kernel spreads new connections over them.
 
     Returns None in a worker. The parent forwards SIGTERM and SIGINT to every worker (so a
     supervisor that signals only the main pid still drains them all), waits for them, and
@@ -122,12 +120,12 @@ def fork_workers(count: int) -> int | None:
     return status
 
 
-async def _serve(server: Server, sockets: list[socket.socket] | None) -> int:
+async def _serve(server: Server) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await server.start(sockets)
+    await server.start()
     await stop.wait()
     log.info("signal received: draining (at most %ss)", server.settings.server.drain_timeout)
     await server.stop()

@@ -264,6 +264,8 @@ def _validate(s: Settings) -> None:
         (not s.server.tls_key or Path(s.server.tls_key).is_file(),
          f"server.tls_key: no such file {s.server.tls_key!r}"),
         (s.server.processes >= 1, "server.processes: must be at least 1"),
+        (s.server.processes == 1 or s.server.port != 0,
+         "server.port: must be a fixed port (not 0) when server.processes > 1"),
         (
             s.server.processes == 1 or not s.hub.url.startswith("memory://"),
             "server.processes: more than one process needs a shared hub "

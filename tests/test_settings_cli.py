@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -152,3 +153,22 @@ def test_serve_on_embedded_defaults_as_a_new_user(tmp_path: Path) -> None:
         output = process.communicate(timeout=15)[0].decode()
     assert process.returncode == 0
     assert "generated one into" in output and "TAXI_AUTH_SECRET_KEY" in output
+
+
+def test_busy_port_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", cwd=tmp_path, env={"TAXI_SERVER_PORT": str(port)})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"taxi-tornado: server.port: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in result.stderr
+
+
+def test_several_processes_need_a_fixed_port() -> None:
+    with pytest.raises(SettingsError, match=r"^server\.port: must be a fixed port"):
+        load_settings(environ={"TAXI_SERVER_PROCESSES": "2", "TAXI_SERVER_PORT": "0",
+                               "TAXI_HUB_URL": "redis://127.0.0.1:6379/0"},
+                      create_secret=False)
