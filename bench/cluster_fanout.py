@@ -1,6 +1,6 @@
 """Fan-out across two server processes sharing a Redis hub (run by hand, not by the tests).
 
-    python bench/cluster_fanout.py [-n 1000] [-k 20] [--timeout 10]
+    python -m bench.cluster_fanout [-n 1000] [-k 20] [--timeout 10]
 
 Starts a private redis-server on a free port (no persistence) and two
 `python -m taxi_tornado serve` processes sharing it, one temporary data dir and one
@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import shutil
 import socket
 import statistics
@@ -43,6 +42,8 @@ from urllib.request import Request, urlopen
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+
+from bench.target import free_port, raise_fd_limit
 
 SECRET = "cluster-bench-secret-key-long-enough-for-hs256"
 PASSWORD = "bench-pAssw0rd"
@@ -269,21 +270,6 @@ def wait_until(check: Any, what: str, timeout: float = 20) -> None:
             return
         time.sleep(0.05)
     sys.exit(f"cluster_fanout: {what} did not come up within {timeout}s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def raise_fd_limit() -> None:
-    """Thousands of sockets need more than the default 1,024 descriptors (inherited by
-    the servers, which are started after this)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,8 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from taxi_tornado.app import Server
 from taxi_tornado.auth import TokenAuthority, _hasher
 from taxi_tornado.settings import Settings, replace
-from taxi_tornado.store import User
+from taxi_tornado.store import TripStatus, User
+from tests.redis_server import RedisServer, free_port
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 PASSWORD = "pAssw0rd!"
@@ -82,6 +82,13 @@ class RunningServer:
         user = await self.store.create_user(username=username, password_hash=PASSWORD_HASH,
                                             group=group, **extra)
         return user, self.tokens.issue_access(user, self.url)
+
+    async def assign(self, trip_id: str, status: str, driver_id: str | None) -> None:
+        """Move a REQUESTED trip straight to `status` (held by `driver_id`) in the store."""
+        moved = await self.store.update_trip(
+            trip_id, expected_status=TripStatus.REQUESTED, expected_driver_id=None,
+            status=TripStatus(status), driver_id=driver_id)
+        assert moved is not None
 
     async def connect(self, token: str, *, v2: bool = False,
                       headers: dict[str, str] | None = None) -> Client:
@@ -188,11 +195,13 @@ async def start() -> AsyncIterator[Callable[[Settings], Awaitable[RunningServer]
         await running.server.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port, for tests that stop Redis."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
 
 
 @dataclass

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,6 @@ def prefix() -> str:
 def hub_env(prefix: str) -> dict[str, str]:
     return {"TAXI_HUB_URL": SHARED_REDIS, "TAXI_HUB_PREFIX": prefix,
             "TAXI_HUB_API_KEY": API_KEY}
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 async def http(url: str, method: str = "GET", body: Any = None,

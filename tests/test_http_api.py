@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from taxi_tornado.store import TripStatus
 from tests.conftest import PASSWORD, RunningServer, make_settings
 
 PNG = bytes.fromhex(
@@ -271,12 +270,8 @@ async def test_driver_sees_requested_and_own_trips_only(server: RunningServer) -
     requested = await server.store.create_trip(rider.id, "A", "B")
     mine = await server.store.create_trip(rider.id, "C", "D")
     theirs = await server.store.create_trip(rider.id, "E", "F")
-    await server.store.update_trip(mine.id, expected_status=TripStatus.REQUESTED,
-                                   expected_driver_id=None, status=TripStatus.STARTED,
-                                   driver_id=driver.id)
-    await server.store.update_trip(theirs.id, expected_status=TripStatus.REQUESTED,
-                                   expected_driver_id=None, status=TripStatus.STARTED,
-                                   driver_id=other.id)
+    await server.assign(mine.id, "STARTED", driver.id)
+    await server.assign(theirs.id, "STARTED", other.id)
     _, data, _ = await server.fetch("/api/trip/", token=driver_token)
     assert {trip["id"] for trip in data} == {requested.id, mine.id}
     status, _, _ = await server.fetch(f"/api/trip/{theirs.id}/", token=driver_token)

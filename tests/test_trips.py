@@ -99,9 +99,7 @@ async def test_driver_join_trip_group_on_connect(server: RunningServer) -> None:
     rider, _ = await server.user("rider@example.com")
     driver, token = await server.user("driver@example.com", "driver")
     trip = await server.store.create_trip(rider.id, "A", "B")
-    await server.store.update_trip(trip.id, expected_status=TripStatus.REQUESTED,
-                                   expected_driver_id=None, status=TripStatus.STARTED,
-                                   driver_id=driver.id)
+    await server.assign(trip.id, "STARTED", driver.id)
     client = await server.connect(token)
     message = {"type": "echo.message", "data": "This is a test message."}
     await server.hub.send(trip.id, message)
@@ -217,9 +215,7 @@ async def test_same_or_earlier_status_is_invalid_transition(
     rider, _ = await server.user("rider@example.com")
     driver, token = await server.user("driver@example.com", "driver")
     trip = await server.store.create_trip(rider.id, "A", "B")
-    await server.store.update_trip(trip.id, expected_status=TripStatus.REQUESTED,
-                                   expected_driver_id=None, status=TripStatus(current),
-                                   driver_id=driver.id)
+    await server.assign(trip.id, current, driver.id)
     ws = await server.connect(token)
     reply = await ws.request({"type": "trip.update", "data": {"id": trip.id, "status": wanted}})
     assert error_code(reply) == "invalid_transition"
@@ -422,12 +418,8 @@ async def test_reconnect_rejoins_active_trips_not_finished_ones(server: RunningS
     active = await server.store.create_trip(rider.id, "A", "B")
     done = await server.store.create_trip(rider.id, "C", "D")
     canceled = await server.store.create_trip(rider.id, "E", "F")
-    await server.store.update_trip(done.id, expected_status=TripStatus.REQUESTED,
-                                   expected_driver_id=None, status=TripStatus.COMPLETED,
-                                   driver_id=driver.id)
-    await server.store.update_trip(canceled.id, expected_status=TripStatus.REQUESTED,
-                                   expected_driver_id=None, status=TripStatus.CANCELED,
-                                   driver_id=None)
+    await server.assign(done.id, "COMPLETED", driver.id)
+    await server.assign(canceled.id, "CANCELED", None)
     first = await server.connect(token)
     first.close()
     client = await server.connect(token)
