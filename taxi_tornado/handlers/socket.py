@@ -29,7 +29,6 @@ log = logging.getLogger("taxi_tornado.socket")
 SUBPROTOCOL_V2 = "taxi.v2"
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
-INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 # Deepest nesting of arrays and objects in a frame, the envelope counting as one level.
 # orjson alone stops at 1024; a client never needs more than a few levels.

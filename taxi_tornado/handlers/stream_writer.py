@@ -26,8 +26,6 @@ from collections.abc import Callable
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketHandler
 
-TRY_AGAIN_LATER = 1013
-
 
 def socket_stream(handler: WebSocketHandler) -> IOStream | None:
     """The IOStream under an open WebSocket, or None once it has gone."""
