@@ -105,15 +105,22 @@ async def receive_type(client: Client, kind: str) -> Any:
     return message
 
 
+async def ready_pair(processes: Spawn, env: dict[str, str]) -> tuple[ServerProcess,
+                                                                      ServerProcess]:
+    """Two server processes sharing the hub in `env`, both answering /readyz."""
+    a = processes(env=env, name="a")
+    b = processes(env=env, name="b")
+    await wait_ready(a, 200)
+    await wait_ready(b, 200)
+    return a, b
+
+
 # --- the trip lifecycle across processes -------------------------------------------------
 
 async def test_trip_lifecycle_with_rider_and_drivers_on_different_processes(
     processes: Spawn, hub_env: dict[str, str]
 ) -> None:
-    a = processes(env=hub_env, name="a")
-    b = processes(env=hub_env, name="b")
-    await wait_ready(a, 200)
-    await wait_ready(b, 200)
+    a, b = await ready_pair(processes, hub_env)
     _, rider_token = await sign_up(a, "rider")
     driver_b_id, driver_b_token = await sign_up(b, "driver")
     _, driver_a_token = await sign_up(a, "driver")
@@ -163,10 +170,7 @@ async def test_trip_lifecycle_with_rider_and_drivers_on_different_processes(
 async def test_publish_from_an_outside_process_and_the_http_api_reach_every_process(
     processes: Spawn, hub_env: dict[str, str], prefix: str
 ) -> None:
-    a = processes(env=hub_env, name="a")
-    b = processes(env=hub_env, name="b")
-    await wait_ready(a, 200)
-    await wait_ready(b, 200)
+    a, b = await ready_pair(processes, hub_env)
     _, token = await sign_up(a, "driver")
     drivers = [await connect(server, token) for server in (a, b, a, b)]
     rider_id, rider_token = await sign_up(b, "rider")
@@ -198,10 +202,7 @@ async def test_redis_restart_does_not_stop_processes_and_delivery_resumes(
 ) -> None:
     env = {"TAXI_HUB_URL": private_redis.url, "TAXI_HUB_PREFIX": prefix,
            "TAXI_HUB_API_KEY": API_KEY}
-    a = processes(env=env, name="a")
-    b = processes(env=env, name="b")
-    await wait_ready(a, 200)
-    await wait_ready(b, 200)
+    a, b = await ready_pair(processes, env)
     _, rider_token = await sign_up(a, "rider")
     _, driver_a_token = await sign_up(a, "driver")
     _, driver_b_token = await sign_up(b, "driver")
