@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh machine, then runs all of it:
-# ruff, mypy and pytest. Debian packages come from apt-get only when missing.
+# ruff, mypy and pytest. Debian packages come from apt-get only when missing; the Python
+# side lives in a virtual environment built from scratch on every run (.venv-test, or
+# $TAXI_TEST_VENV), so the result never depends on what the machine already holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +22,18 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]' ./examples/taxi-plugin-sos
+venv="${TAXI_TEST_VENV:-.venv-test}"
+echo "building the test environment in $venv"
+rm -rf "$venv"
+python3 -m venv "$venv"
+# shellcheck disable=SC1091
+. "$venv/bin/activate"
+python -m pip install -q --disable-pip-version-check --upgrade pip
+# The project first, then the example plugin: its dependency on taxi-tornado is then
+# already satisfied by the editable install (a stock pip would look for it on PyPI).
+python -m pip install -q --disable-pip-version-check -e '.[test]'
+python -m pip install -q --disable-pip-version-check -e ./examples/taxi-plugin-sos
 
-python3 -m ruff check taxi_tornado tests bench examples
-python3 -m mypy
-python3 -m pytest -q -p no:cacheprovider "$@"
+python -m ruff check taxi_tornado tests bench examples
+python -m mypy
+python -m pytest -q -p no:cacheprovider "$@"
