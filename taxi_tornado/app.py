@@ -11,70 +11,23 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.handlers import api, auth, socket
 from taxi_tornado.handlers.base import NotFoundHandler
 from taxi_tornado.handlers.keepalive import Keepalive
-from taxi_tornado.hub import Hub, build_broker
 from taxi_tornado.logs import log_request
-from taxi_tornado.plugins.api import Registry
-from taxi_tornado.plugins.loader import PluginInfo, load_plugins
+from taxi_tornado.services import Services, build_services
 from taxi_tornado.settings import Settings, SettingsError
-from taxi_tornado.store import Store, open_store
 
 if TYPE_CHECKING:
     import socket as pysocket
 
 log = logging.getLogger("taxi_tornado.app")
-
-
-@dataclass(eq=False)
-class Services:
-    """The shared parts every handler reaches through `self.services`."""
-
-    settings: Settings
-    store: Store
-    hub: Hub
-    registry: Registry
-    tokens: TokenAuthority
-    plugins: list[PluginInfo] = field(default_factory=list)
-    sockets: set[socket.TaxiSocket] = field(default_factory=set)
-    draining: bool = False
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        """Run a coroutine in the background, keeping a reference until it ends."""
-        task = asyncio.ensure_future(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
-
-
-def build_services(settings: Settings, registry: Registry | None = None,
-                   plugins: list[PluginInfo] | None = None) -> Services:
-    """Everything but the network; plugins load here so that a conflict stops start-up."""
-    if registry is None:
-        registry, plugins = load_plugins(settings.plugins.disabled)
-    return Services(
-        settings=settings,
-        store=open_store(settings.store_url),
-        hub=Hub(build_broker(settings.hub.url, settings.hub.prefix)),
-        registry=registry,
-        tokens=TokenAuthority(settings.auth),
-        plugins=plugins or [],
-    )
 
 
 def build_application(services: Services) -> tornado.web.Application:

@@ -17,12 +17,13 @@ import sys
 from collections.abc import Sequence
 
 from taxi_tornado import __version__
-from taxi_tornado.app import Server, build_services, listen_sockets
+from taxi_tornado.app import Server, listen_sockets
 from taxi_tornado.auth import hash_password
 from taxi_tornado.handlers.auth import validate_sign_up
 from taxi_tornado.logs import setup_logging
 from taxi_tornado.plugins.api import PluginError
 from taxi_tornado.plugins.loader import load_plugins
+from taxi_tornado.services import build_services
 from taxi_tornado.settings import Settings, SettingsError, load_settings, with_secret
 from taxi_tornado.store import StoreError, UsernameTaken, open_store
 

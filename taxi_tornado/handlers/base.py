@@ -15,7 +15,7 @@ from taxi_tornado.frames import encode
 from taxi_tornado.store import User
 
 if TYPE_CHECKING:
-    from taxi_tornado.app import Services
+    from taxi_tornado.services import Services
 
 log = logging.getLogger("taxi_tornado.http")
 

@@ -22,7 +22,7 @@ from taxi_tornado.handlers.stream_writer import StreamWriter, socket_stream
 from taxi_tornado.plugins.api import MAX_TYPE_LENGTH, Connection, ProtocolError
 
 if TYPE_CHECKING:
-    from taxi_tornado.app import Services
+    from taxi_tornado.services import Services
 
 log = logging.getLogger("taxi_tornado.socket")
 

@@ -1,0 +1,66 @@
+"""Services: the long-lived parts every handler and plugin reaches.
+
+Handlers hold a Services; nothing here knows Tornado's application, so any module may
+import this one without a circle (only the CLI imports app.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from taxi_tornado.auth import TokenAuthority
+from taxi_tornado.hub import Hub, build_broker
+from taxi_tornado.plugins.api import Registry
+from taxi_tornado.plugins.loader import PluginInfo, load_plugins
+from taxi_tornado.settings import Settings
+from taxi_tornado.store import Store, open_store
+
+if TYPE_CHECKING:
+    from taxi_tornado.handlers.socket import TaxiSocket
+
+log = logging.getLogger("taxi_tornado.services")
+
+
+@dataclass(eq=False)
+class Services:
+    """The shared parts every handler reaches through `self.services`."""
+
+    settings: Settings
+    store: Store
+    hub: Hub
+    registry: Registry
+    tokens: TokenAuthority
+    plugins: list[PluginInfo] = field(default_factory=list)
+    sockets: set[TaxiSocket] = field(default_factory=set)
+    draining: bool = False
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+
+def build_services(settings: Settings, registry: Registry | None = None,
+                   plugins: list[PluginInfo] | None = None) -> Services:
+    """Everything but the network; plugins load here so that a conflict stops start-up."""
+    if registry is None:
+        registry, plugins = load_plugins(settings.plugins.disabled)
+    return Services(
+        settings=settings,
+        store=open_store(settings.store_url),
+        hub=Hub(build_broker(settings.hub.url, settings.hub.prefix)),
+        registry=registry,
+        tokens=TokenAuthority(settings.auth),
+        plugins=plugins or [],
+    )
