@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+from tornado.routing import Rule
 
 from taxi_tornado.handlers import api, auth, socket
-from taxi_tornado.handlers.base import NotFoundHandler
+from taxi_tornado.handlers.base import HostRefused, InvalidHostHandler, NotFoundHandler
 from taxi_tornado.handlers.keepalive import Keepalive
+from taxi_tornado.hosts import allowed_hosts
 from taxi_tornado.logs import log_request
 from taxi_tornado.services import Services, build_services
 from taxi_tornado.settings import Settings, SettingsError
@@ -35,6 +37,11 @@ def build_application(services: Services) -> tornado.web.Application:
     path = server.socket_path.rstrip("/")
     kwargs = {"services": services}
     routes: list[Any] = [
+        # Load balancers probe by address: the probes answer whatever the Host.
+        (r"/healthz/?", api.HealthHandler, kwargs),
+        (r"/readyz/?", api.ReadyHandler, kwargs),
+        (r"/metrics/?", api.MetricsHandler, kwargs),
+        Rule(HostRefused(allowed_hosts(server)), InvalidHostHandler, kwargs),
         (rf"{path}/?", socket.TaxiSocket, kwargs),
         (r"/api/sign_up/?", auth.SignUpHandler, kwargs),
         (r"/api/log_in/?", auth.LogInHandler, kwargs),
@@ -43,9 +50,6 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/api/trip/([^/]+)/?", api.TripDetailHandler, kwargs),
         (r"/api/hub/publish/?", api.HubPublishHandler, kwargs),
         (r"/media/photos/([^/]+)", auth.PhotoHandler, kwargs),
-        (r"/healthz/?", api.HealthHandler, kwargs),
-        (r"/readyz/?", api.ReadyHandler, kwargs),
-        (r"/metrics/?", api.MetricsHandler, kwargs),
     ]
     return tornado.web.Application(
         routes,

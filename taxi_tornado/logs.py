@@ -1,4 +1,10 @@
-"""Logging set-up (text or one JSON object per line) and the redacting access log."""
+"""Logging set-up (text or one JSON object per line) that never writes a token.
+
+Every record the server's handler writes passes TokenRedactor first, whatever logger
+made it (ours, Tornado's uncaught-exception log, a plugin's): query values of
+token/access/refresh, Authorization header values, `bearer.<jwt>` subprotocol entries
+and bare JWTs are replaced in the message and in the exception text.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +21,56 @@ from taxi_tornado.settings import LogSettings
 
 access_log = logging.getLogger("taxi_tornado.access")
 
-TOKEN_PARAMETER = re.compile(r"([?&](?:token|access|refresh)=)[^&#]*", re.IGNORECASE)
+REDACTED = "[redacted]"
+# (pattern, replacement): each keeps what names the secret and drops the secret.
+SECRETS = [
+    # ?token=… &access=… ;refresh_token=… in a URI, a query string or a form body.
+    (re.compile(r"([?&;](?:token|access|refresh|access_token|refresh_token)=)[^&#;\s'\"<>]*",
+                re.IGNORECASE), rf"\1{REDACTED}"),
+    # An Authorization header as a log line or a dict repr shows it: the whole value.
+    (re.compile(r"(authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\r\n,}]+", re.IGNORECASE),
+     rf"\1{REDACTED}"),
+    # "Bearer <token>" seen without its header name.
+    (re.compile(r"(\bbearer\s+)[\w.~+/=-]{16,}", re.IGNORECASE), rf"\1{REDACTED}"),
+    # The v2 subprotocol entry bearer.<jwt> (Sec-WebSocket-Protocol).
+    (re.compile(r"(\bbearer\.)[\w.~+/=-]+", re.IGNORECASE), rf"\1{REDACTED}"),
+    # Any JWT: three base64url segments, the header's starting {" (eyJ); `none` has no
+    # signature.
+    (re.compile(r"\beyJ[\w-]*\.[\w-]*\.[\w-]*"), REDACTED),
+]
 
 
-def redact(uri: str) -> str:
-    """The URI with every token-bearing query parameter's value replaced."""
-    return TOKEN_PARAMETER.sub(r"\1[redacted]", uri)
+def redact(text: str) -> str:
+    """`text` with every token it holds replaced by [redacted]."""
+    for pattern, replacement in SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class TokenRedactor(logging.Filter):
+    """Rewrites each record (message, arguments, exception, stack) without tokens.
+
+    The record is formatted here, once, so a token in an argument cannot slip past; the
+    exception text is formatted here too and left in `exc_text`, which formatters use
+    instead of formatting the exception again.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep what there is, without tokens
+            message = f"{record.msg!s} (unformattable arguments)"
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_EXCEPTION_FORMATTER = logging.Formatter()
 
 
 def log_request(handler: RequestHandler) -> None:
@@ -47,13 +97,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return orjson.dumps(entry).decode()
 
 
 def setup_logging(settings: LogSettings) -> None:
+    """One handler on the root logger, for every logger, behind the token redactor."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TokenRedactor())
     if settings.format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from taxi_tornado.hosts import allowed_entry, host_name
 
 log = logging.getLogger("taxi_tornado.settings")
 
@@ -41,6 +44,8 @@ class ServerSettings:
     tls_cert: str = ""
     tls_key: str = ""
     processes: int = 1
+    public_url: str = ""
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,11 +301,36 @@ def _validate(s: Settings) -> None:
         problem = redis_url_problem(s.hub.url)
         if problem:
             raise SettingsError(f"hub.url: {problem}")
+    problem = public_url_problem(s.server.public_url)
+    if problem:
+        raise SettingsError(f"server.public_url: {problem}")
+    for host in s.server.allowed_hosts:
+        if host != "*" and not allowed_entry(host):
+            raise SettingsError(
+                f"server.allowed_hosts: {host!r} must be a host name or address (no scheme, "
+                "no port), or *"
+            )
     for origin in s.server.allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise SettingsError(
                 f"server.allowed_origins: {origin!r} must look like https://host[:port]"
             )
+
+
+def public_url_problem(url: str) -> str:
+    """What is wrong with a server.public_url value ("" when nothing is)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError:
+        return f"{url!r} has a bad port"
+    if parts.scheme not in ("http", "https") or host_name(parts.netloc) is None:
+        return f"{url!r} must look like https://host[:port]"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+        return f"{url!r} must be scheme, host and port only (no path or query)"
+    return ""
 
 
 def with_secret(settings: Settings) -> Settings:

@@ -22,7 +22,7 @@ class TripListHandler(ApiHandler):
     async def get(self) -> None:
         user = await self.authenticate()
         trips = await self.services.store.list_trips(user)
-        base = base_url(self.request)
+        base = base_url(self.request, self.services.settings.server)
         self.write_json([trip.to_json(base) for trip in trips])
 
 
@@ -34,7 +34,7 @@ class TripDetailHandler(ApiHandler):
         trip = await self.services.store.get_trip(trip_id)
         if trip is None or not visible(trip, user):
             raise ApiError(404, NOT_FOUND)
-        self.write_json(trip.to_json(base_url(self.request)))
+        self.write_json(trip.to_json(base_url(self.request, self.services.settings.server)))
 
 
 def _is_uuid(value: str) -> bool:

@@ -53,7 +53,7 @@ class SignUpHandler(ApiHandler):
             )
         except UsernameTaken:
             raise field_errors({"username": [USERNAME_TAKEN]}) from None
-        self.write_json(user.to_json(base_url(self.request)), 201)
+        self.write_json(user.to_json(base_url(self.request, self.services.settings.server)), 201)
 
     def _photo(self, errors: dict[str, list[str]]) -> tuple[bytes | None, str | None]:
         files = self.request.files.get("photo")
@@ -164,7 +164,8 @@ class LogInHandler(ApiHandler):
         password_hash = user.password_hash if user else None
         if not await verify_password(password_hash, fields["password"]) or user is None:
             raise ApiError(401, LOGIN_FAILED)
-        self.write_json(self.services.tokens.issue_pair(user, base_url(self.request)))
+        base = base_url(self.request, self.services.settings.server)
+        self.write_json(self.services.tokens.issue_pair(user, base))
 
 
 class RefreshHandler(ApiHandler):
@@ -181,7 +182,8 @@ class RefreshHandler(ApiHandler):
         user = await self.services.store.get_user(tokens.user_id(claims))
         if user is None:
             raise ApiError(401, TOKEN_INVALID)
-        self.write_json({"access": tokens.issue_access(user, base_url(self.request))})
+        base = base_url(self.request, self.services.settings.server)
+        self.write_json({"access": tokens.issue_access(user, base)})
 
 
 class PhotoHandler(ApiHandler):

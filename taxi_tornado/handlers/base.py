@@ -9,19 +9,23 @@ from urllib.parse import urlsplit
 import orjson
 import tornado.web
 from tornado.httputil import HTTPServerRequest
+from tornado.routing import Matcher
 
 from taxi_tornado.auth import InvalidToken, token_from_request
 from taxi_tornado.frames import encode
+from taxi_tornado.hosts import host_name
 from taxi_tornado.store import User
 
 if TYPE_CHECKING:
     from taxi_tornado.services import Services
+    from taxi_tornado.settings import ServerSettings
 
 log = logging.getLogger("taxi_tornado.http")
 
 TOKEN_INVALID = {"detail": "Token is invalid or expired", "code": "token_not_valid"}
 NOT_FOUND = {"detail": "Not found."}
 SERVER_ERROR = {"detail": "A server error occurred."}
+INVALID_HOST = {"detail": "Invalid Host header."}
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -38,9 +42,26 @@ def field_errors(errors: dict[str, list[str]]) -> ApiError:
     return ApiError(400, errors)
 
 
-def base_url(request: HTTPServerRequest) -> str:
-    """scheme://host of the request, as the client reached us (xheaders honoured)."""
-    return f"{request.protocol}://{request.host}"
+def base_url(request: HTTPServerRequest, server: ServerSettings) -> str:
+    """Where the URLs the server writes start: server.public_url when set, else
+    scheme://host of the request as the client reached us (xheaders honoured), a Host
+    that HostRefused let through."""
+    return server.public_url.rstrip("/") or f"{request.protocol}://{request.host}"
+
+
+class HostRefused(Matcher):
+    """Routes every request whose Host is not in server.allowed_hosts, or is malformed, to
+    InvalidHostHandler: one rule ahead of every route it guards, so no handler can miss
+    the check (the probes are routed before it). `allowed` None: any well-formed host."""
+
+    def __init__(self, allowed: frozenset[str] | None) -> None:
+        self.allowed = allowed
+
+    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
+        name = host_name(request.host)
+        if name is not None and (self.allowed is None or name in self.allowed):
+            return None
+        return {}
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...], host: str) -> bool:
@@ -159,3 +180,10 @@ class NotFoundHandler(ApiHandler):
 
     def prepare(self) -> None:
         raise ApiError(404, NOT_FOUND)
+
+
+class InvalidHostHandler(ApiHandler):
+    """Every request HostRefused routes here, the socket's upgrade included: a JSON 400."""
+
+    def prepare(self) -> None:
+        raise ApiError(400, INVALID_HOST)
