@@ -182,7 +182,8 @@ async def test_missing_photo_and_traversal_are_404_json(server: RunningServer) -
 
 
 async def test_photo_url_honours_forwarded_proto_with_xheaders(tmp_path, start) -> None:  # type: ignore[no-untyped-def]
-    running = await start(make_settings(tmp_path, server={"port": 0, "xheaders": True}))
+    running = await start(make_settings(tmp_path, server={
+        "port": 0, "xheaders": True, "allowed_hosts": ("taxi.example.com",)}))
     body, content_type = multipart(SIGN_UP, {"photo": ("p.png", PNG, "image/png")})
     status, data, _ = await running.fetch(
         "/api/sign_up/", "POST", raw_body=body,
