@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from taxi_tornado.hosts import allowed_hosts
 from taxi_tornado.settings import SettingsError, load_settings
@@ -26,31 +28,42 @@ INVALID_HOST = {"detail": "Invalid Host header."}
 PUBLIC = "https://taxi.example.com"
 
 
-async def upgrade(port: int, path: str, host: str, address: str = "127.0.0.1",
-                  extra: str = "") -> tuple[int, Any]:
-    """A complete WebSocket handshake by hand with this Host; (status, JSON body or None)."""
-    reader, writer = await asyncio.open_connection(address, port)
+async def raw_request(port: int, head: str, *, address: str = "127.0.0.1",
+                      tls: ssl.SSLContext | None = None,
+                      server_hostname: str | None = None) -> tuple[int, bytes]:
+    """Send a request head exactly as written (path and Host untouched): (status, body).
+
+    A 101 answer has no body; the connection is closed after one answer either way.
+    """
+    reader, writer = await asyncio.open_connection(
+        address, port, ssl=tls, server_hostname=server_hostname if tls else None)
     try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{extra}\r\n".encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        status = int(head.split(b" ", 2)[1])
-        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+        writer.write(head.encode())
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status = int(answer.split(b" ", 2)[1])
+        length = next((int(line.split(b":", 1)[1]) for line in answer.split(b"\r\n")
                        if line.lower().startswith(b"content-length:")), 0)
         if status == 101 or not length:
-            return status, None
-        body = await asyncio.wait_for(reader.readexactly(length), 5)
-        return status, json.loads(body)
+            return status, b""
+        return status, await asyncio.wait_for(reader.readexactly(length), 5)
     finally:
         writer.close()
 
 
+async def upgrade(port: int, path: str, host: str, address: str = "127.0.0.1",
+                  extra: str = "", tls: ssl.SSLContext | None = None) -> tuple[int, Any]:
+    """A complete WebSocket handshake by hand with this Host: (status, JSON body or None)."""
+    status, body = await raw_request(
+        port,
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n",
+        address=address, tls=tls, server_hostname="localhost")
+    return status, json.loads(body) if body else None
+
+
 async def socket_with_host(running: RunningServer, token: str, host: str,
                            v2: bool = False) -> Client:
-    from tornado.websocket import websocket_connect
-
     request = HTTPRequest(f"{running.ws_url}?token={token}", headers={"Host": host})
     ws = await websocket_connect(request, subprotocols=["taxi.v2"] if v2 else None)
     return Client(ws)

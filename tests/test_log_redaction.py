@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.logs import setup_logging
@@ -55,8 +56,6 @@ async def test_store_error_during_upgrade_and_api_calls_logs_no_token(
                               extra=f"Authorization: Bearer {access}\r\n")
     assert status == 500
     # The HTTP API: a Bearer header with the token in the query as well; a refresh.
-    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
     client = AsyncHTTPClient()
     trips = await client.fetch(HTTPRequest(
         f"{running.url}/api/trip/?access={access}&refresh={refresh}",

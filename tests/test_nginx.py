@@ -1,30 +1,34 @@
 """A real nginx, configured from deploy/nginx.conf, in front of two server processes.
 
-The test turns the shipped site file into a runnable config by substituting only ports
-and paths (every substitution must match, so an edit to deploy/nginx.conf that the test
-no longer understands fails here rather than passing untested). The two processes share
-the Redis hub on 127.0.0.1:6379 under a prefix of their own.
+The test turns the shipped site file into a runnable config by substituting only ports,
+paths and the site's name (every substitution must match, so an edit to deploy/nginx.conf
+that the test no longer understands fails here rather than passing untested). The two
+processes share the Redis hub on 127.0.0.1:6379 under a prefix of their own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tests.conftest import ROOT, Client, ServerProcess, free_port, spawn_server
+from tests.test_hosts import EVIL, INVALID_HOST, raw_request, upgrade
 from tests.test_operations import (
     Seeded,
     client_tls,
@@ -38,6 +42,8 @@ SHARED_REDIS = "redis://127.0.0.1:6379/0"
 # The client connects from this loopback address; nginx reaches the servers from
 # 127.0.0.1. A server that shows this address got it from the X-Real-IP header.
 CLIENT_IP = "127.0.0.7"
+# The site's server_name here: the names the tests reach nginx by.
+SITE_NAMES = ("localhost", "127.0.0.1")
 
 
 @dataclass
@@ -89,6 +95,10 @@ def site_config(directory: Path, http_port: int, https_port: int, upstreams: lis
          upstream_lines),
         (r"listen 80;", f"listen 127.0.0.1:{http_port};"),
         (r"listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+        (r"listen 80 default_server;", f"listen 127.0.0.1:{http_port} default_server;"),
+        (r"listen 443 ssl default_server;",
+         f"listen 127.0.0.1:{https_port} ssl default_server;"),
+        (r"server_name taxi\.example\.com;", f"server_name {' '.join(SITE_NAMES)};"),
         (r"/etc/letsencrypt/live/taxi\.example\.com/fullchain\.pem", str(cert)),
         (r"/etc/letsencrypt/live/taxi\.example\.com/privkey\.pem", str(key)),
         (r"/var/log/nginx/", f"{directory}/"),
@@ -309,6 +319,61 @@ async def test_token_is_in_no_log(proxy: Proxy) -> None:
     ours = proxy.access_log()[before:]
     assert "GET /healthz " in ours and "GET /api/trip/ " in ours
     assert "?" not in proxy.access_log()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_foreign_host_never_reaches_the_servers_through_nginx(
+    proxy: Proxy, tls: bool
+) -> None:
+    """nginx's default server answers a Host other than the site's name itself."""
+    users = await seed(proxy, ("rider", "rider"))
+    token = users["rider"].token
+    marker = uuid.uuid4().hex
+    port = proxy.https_port if tls else proxy.http_port
+    context = client_tls(proxy.cert) if tls else None
+    path = f"/taxi/?marker={marker}&token={token}"
+    assert await upgrade(port, path, EVIL, tls=context) == (400, INVALID_HOST)
+    assert await upgrade(port, path, f"{EVIL}:{port}", tls=context) == (400, INVALID_HOST)
+    status, body = await raw_request(
+        port, f"GET /api/trip/?marker={marker} HTTP/1.1\r\nHost: {EVIL}\r\n"
+        f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+        tls=context, server_hostname="localhost")
+    assert (status, json.loads(body)) == (400, INVALID_HOST)
+    # The site's own name still opens the socket.
+    assert (await upgrade(port, f"/taxi/?token={token}", f"localhost:{port}",
+                          tls=context))[0] == 101
+    await eventually(lambda: proxy.access_log().count('"GET /taxi/ HTTP/1.1" 400 ') >= 2)
+    assert not any(marker in server.log() for server in proxy.servers)
+    assert token not in proxy.logs() and marker not in proxy.access_log()
+
+
+async def test_tls_for_a_name_the_site_does_not_serve_is_refused(proxy: Proxy) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # refused before any certificate is sent
+    with pytest.raises(ssl.SSLError):
+        _, writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", proxy.https_port, ssl=context, server_hostname=EVIL), 5)
+        writer.close()
+
+
+async def test_metrics_is_not_served_through_nginx_with_or_without_the_slash(
+    proxy: Proxy,
+) -> None:
+    # Behind nginx, each server serves every one of these paths' targets itself.
+    for path in ("/metrics", "/metrics/"):
+        with urlopen(f"{proxy.servers[0].url}{path}", timeout=5) as direct:
+            assert b"# HELP" in direct.read()
+    for path in ("/metrics", "/metrics/", "/metrics?x=1", "/metrics/?x=1", "//metrics",
+                 "/%6Detrics", "/%6detrics/", "/metrics/../metrics/", "/./metrics/",
+                 "/metrics%2F"):
+        for tls in (False, True):
+            status, body = await raw_request(
+                proxy.https_port if tls else proxy.http_port,
+                f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                tls=client_tls(proxy.cert) if tls else None, server_hostname="localhost")
+            assert status == 404, (path, tls, body[:60])
+            assert json.loads(body) == {"detail": "Not found."}
 
 
 # A 1x1 transparent PNG.
