@@ -22,28 +22,34 @@ from taxi_tornado.settings import LogSettings
 access_log = logging.getLogger("taxi_tornado.access")
 
 REDACTED = "[redacted]"
-# (pattern, replacement): each keeps what names the secret and drops the secret.
+# (words, pattern, replacement): each pattern keeps what names the secret and drops the
+# secret; it runs only on text holding one of its words (lower case), as few lines do.
 SECRETS = [
     # ?token=… &access=… ;refresh_token=… in a URI, a query string or a form body.
-    (re.compile(r"([?&;](?:token|access|refresh|access_token|refresh_token)=)[^&#;\s'\"<>]*",
-                re.IGNORECASE), rf"\1{REDACTED}"),
+    (("token=", "access=", "refresh="),
+     re.compile(r"([?&;](?:token|access|refresh|access_token|refresh_token)=)[^&#;\s'\"<>]*",
+                re.IGNORECASE),
+     rf"\1{REDACTED}"),
     # An Authorization header as a log line or a dict repr shows it: the whole value.
-    (re.compile(r"(authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\r\n,}]+", re.IGNORECASE),
+    (("authorization",),
+     re.compile(r"(authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\r\n,}]+", re.IGNORECASE),
      rf"\1{REDACTED}"),
     # "Bearer <token>" seen without its header name.
-    (re.compile(r"(\bbearer\s+)[\w.~+/=-]{16,}", re.IGNORECASE), rf"\1{REDACTED}"),
+    (("bearer",), re.compile(r"(\bbearer\s+)[\w.~+/=-]{16,}", re.IGNORECASE), rf"\1{REDACTED}"),
     # The v2 subprotocol entry bearer.<jwt> (Sec-WebSocket-Protocol).
-    (re.compile(r"(\bbearer\.)[\w.~+/=-]+", re.IGNORECASE), rf"\1{REDACTED}"),
+    (("bearer.",), re.compile(r"(\bbearer\.)[\w.~+/=-]+", re.IGNORECASE), rf"\1{REDACTED}"),
     # Any JWT: three base64url segments, the header's starting {" (eyJ); `none` has no
     # signature.
-    (re.compile(r"\beyJ[\w-]*\.[\w-]*\.[\w-]*"), REDACTED),
+    (("eyj",), re.compile(r"\beyJ[\w-]*\.[\w-]*\.[\w-]*"), REDACTED),
 ]
 
 
 def redact(text: str) -> str:
     """`text` with every token it holds replaced by [redacted]."""
-    for pattern, replacement in SECRETS:
-        text = pattern.sub(replacement, text)
+    lower = text.lower()
+    for words, pattern, replacement in SECRETS:
+        if any(word in lower for word in words):
+            text = pattern.sub(replacement, text)
     return text
 
 
