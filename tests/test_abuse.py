@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from tornado.websocket import websocket_connect
 from taxi_tornado import auth
 from taxi_tornado.auth import HashingBusy, HashingPool
 from taxi_tornado.rate_limit import AddressRateLimit
+from taxi_tornado.settings import SettingsError, load_settings
 from tests.conftest import PASSWORD, SECRET, Client, RunningServer, ServerProcess, make_settings
 from tests.test_http_api import PNG, SIGN_UP, multipart
 
@@ -98,7 +100,7 @@ def log_in_body(username: str = "rider@example.com") -> dict[str, str]:
 
 # --- log-in floods: a budget per address, a hashing pool of its own ---------------------
 
-async def test_auth_requests_past_the_budget_get_429_before_the_body_is_read(
+async def test_auth_requests_past_the_budget_get_429_before_any_field_is_checked(
     tmp_path: Path, start: Start,
 ) -> None:
     running = await start(make_settings(tmp_path, limits={"auth_rate": 3}))
@@ -129,6 +131,16 @@ async def test_auth_rate_zero_turns_the_budget_off(tmp_path: Path, start: Start)
     statuses = {(await post_json(running.port, "/api/token/refresh/", {})).status
                 for _ in range(40)}
     assert statuses == {400}
+
+
+@pytest.mark.parametrize("key", ["limits.auth_rate", "limits.sockets_per_user",
+                                 "limits.trips_per_rider", "auth.leeway",
+                                 "server.header_timeout", "server.body_timeout"])
+def test_bad_abuse_setting_names_its_key(key: str) -> None:
+    section, name = key.split(".")
+    with pytest.raises(SettingsError, match=rf"^{re.escape(key)}: "):
+        load_settings(environ={f"TAXI_{section.upper()}_{name.upper()}": "-1"},
+                      create_secret=False)
 
 
 def test_address_table_forgets_the_least_recent_past_its_bound() -> None:

@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 class AuthRateLimited(ApiHandler):
     """Log-in, sign-up and refresh share one budget per client address
-    (`limits.auth_rate`), spent before the body is read or any password hashed."""
+    (`limits.auth_rate`), spent before any field is looked at or password hashed."""
 
     def prepare(self) -> None:
         if self.request.method != "POST":
