@@ -5,11 +5,13 @@ token from its address's bucket, which holds at most a minute's worth and refill
 evenly. The table of addresses is bounded: past MAX_ADDRESSES the address seen least
 recently is forgotten, so an attacker with many addresses cannot grow it without end
 (forgetting gives that address a fresh budget, which an attacker with that many
-addresses has anyway).
+addresses has anyway). An IPv6 client counts by its /64 network, the block one
+subscriber is usually given: one host can use any address in it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -34,6 +36,7 @@ class AddressRateLimit:
         """Spend one request of `address`: 0 when allowed, else the seconds to wait."""
         if self.per_minute <= 0:
             return 0
+        address = client_key(address)
         now = time.monotonic()
         tokens, stamp = self._buckets.pop(address, (float(self.per_minute), now))
         tokens = min(float(self.per_minute), tokens + (now - stamp) * self._per_second)
@@ -46,3 +49,14 @@ class AddressRateLimit:
         if len(self._buckets) > self.max_addresses:
             self._buckets.popitem(last=False)
         return wait
+
+
+def client_key(address: str) -> str:
+    """The budget an address spends from: itself, or for IPv6 its /64 network."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return address

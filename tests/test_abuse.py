@@ -126,6 +126,20 @@ async def test_each_client_address_has_its_own_auth_budget(tmp_path: Path, start
     assert (await post_json(running.port, "/api/token/refresh/", {}, second)).status == 400
 
 
+async def test_ipv6_addresses_of_one_slash_64_share_a_budget(
+    tmp_path: Path, start: Start,
+) -> None:
+    running = await start(make_settings(tmp_path, limits={"auth_rate": 2},
+                                        server={"port": 0, "xheaders": True}))
+    statuses = [(await post_json(running.port, "/api/token/refresh/", {},
+                                 f"X-Real-IP: 2001:db8:1:2::{number}\r\n")).status
+                for number in range(1, 4)]
+    assert statuses == [400, 400, 429]
+    other = await post_json(running.port, "/api/token/refresh/", {},
+                            "X-Real-IP: 2001:db8:1:3::1\r\n")
+    assert other.status == 400
+
+
 async def test_auth_rate_zero_turns_the_budget_off(tmp_path: Path, start: Start) -> None:
     running = await start(make_settings(tmp_path, limits={"auth_rate": 0}))
     statuses = {(await post_json(running.port, "/api/token/refresh/", {})).status
