@@ -37,6 +37,7 @@ class AuthRateLimited(ApiHandler):
     (`limits.auth_rate`), spent before any field is looked at or password hashed."""
 
     def prepare(self) -> None:
+        super().prepare()
         if self.request.method != "POST":
             return
         wait = self.services.auth_rate.take(self.request.remote_ip or "")
