@@ -20,6 +20,7 @@ from tornado.routing import Rule
 
 from taxi_tornado.handlers import api, auth, socket
 from taxi_tornado.handlers.base import HostRefused, InvalidHostHandler, NotFoundHandler
+from taxi_tornado.handlers.body_limit import MIB, UNLIMITED, BodyLimit
 from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.hosts import allowed_hosts
 from taxi_tornado.logs import log_request
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     import socket as pysocket
 
 log = logging.getLogger("taxi_tornado.app")
+
+SIGN_UP_PATH = r"/api/sign_up/?"
 
 
 def build_application(services: Services) -> tornado.web.Application:
@@ -43,7 +46,7 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/metrics/?", api.MetricsHandler, kwargs),
         Rule(HostRefused(allowed_hosts(server)), InvalidHostHandler, kwargs),
         (rf"{path}/?", socket.TaxiSocket, kwargs),
-        (r"/api/sign_up/?", auth.SignUpHandler, kwargs),
+        (SIGN_UP_PATH, auth.SignUpHandler, kwargs),
         (r"/api/log_in/?", auth.LogInHandler, kwargs),
         (r"/api/token/refresh/?", auth.RefreshHandler, kwargs),
         (r"/api/trip/?", api.TripListHandler, kwargs),
@@ -60,6 +63,12 @@ def build_application(services: Services) -> tornado.web.Application:
         log_function=log_request,
         xheaders=server.xheaders,
     )
+
+
+def with_body_limits(app: tornado.web.Application, settings: Settings) -> BodyLimit:
+    """PROTOCOL.md: a sign-up takes a photo plus a MiB of form; every other request a MiB."""
+    return BodyLimit(app, [(SIGN_UP_PATH, settings.media.max_photo_bytes + MIB)], MIB,
+                     settings.server.allowed_origins)
 
 
 class Server:
@@ -84,10 +93,12 @@ class Server:
         server = self.settings.server
         app = build_application(services)
         self.http = HTTPServer(
-            app,
+            with_body_limits(app, self.settings),
             xheaders=server.xheaders,
             ssl_options=self._ssl_context(),
-            max_body_size=self.settings.media.max_photo_bytes + 1024 * 1024,
+            max_body_size=UNLIMITED,  # BodyLimit answers 413 first; Tornado's is a bare 400
+            idle_connection_timeout=server.header_timeout,
+            body_timeout=server.body_timeout,
         )
         self.http.add_sockets(sockets)
         self.keepalive.start()

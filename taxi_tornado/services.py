@@ -16,6 +16,7 @@ from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.hub import Hub, build_broker
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
+from taxi_tornado.rate_limit import AddressRateLimit
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import Store, open_store
 
@@ -38,6 +39,10 @@ class Services:
     sockets: set[TaxiSocket] = field(default_factory=set)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    auth_rate: AddressRateLimit = field(init=False)  # log-in, sign-up and refresh
+
+    def __post_init__(self) -> None:
+        self.auth_rate = AddressRateLimit(self.settings.limits.auth_rate)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""

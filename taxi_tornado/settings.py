@@ -46,6 +46,8 @@ class ServerSettings:
     processes: int = 1
     public_url: str = ""
     allowed_hosts: tuple[str, ...] = ()
+    header_timeout: float = 60.0
+    body_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class AuthSettings:
     access_ttl: int = 3600
     refresh_ttl: int = 86400
     user_id_claim: str = "id"
+    leeway: int = 30
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class LimitsSettings:
     rate: float = 20.0
     burst: int = 40
     outbound_queue: int = 256
+    auth_rate: int = 20
+    sockets_per_user: int = 20
+    trips_per_rider: int = 3
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,10 @@ def _validate(s: Settings) -> None:
             "server.processes: more than one process needs a shared hub "
             "(set hub.url to redis://...)",
         ),
+        (s.server.header_timeout > 0,
+         "server.header_timeout: must be a positive number of seconds"),
+        (s.server.body_timeout > 0, "server.body_timeout: must be a positive number of seconds"),
+        (s.auth.leeway >= 0, "auth.leeway: must not be negative"),
         (s.auth.access_ttl > 0, "auth.access_ttl: must be a positive number of seconds"),
         (s.auth.refresh_ttl > 0, "auth.refresh_ttl: must be a positive number of seconds"),
         (bool(s.auth.user_id_claim), "auth.user_id_claim: must not be empty"),
@@ -288,6 +298,11 @@ def _validate(s: Settings) -> None:
         (s.limits.rate > 0, "limits.rate: must be positive"),
         (s.limits.burst >= 1, "limits.burst: must be at least 1"),
         (s.limits.outbound_queue >= 1, "limits.outbound_queue: must be at least 1"),
+        (s.limits.auth_rate >= 0, "limits.auth_rate: must not be negative (0 turns it off)"),
+        (s.limits.sockets_per_user >= 0,
+         "limits.sockets_per_user: must not be negative (0 means no limit)"),
+        (s.limits.trips_per_rider >= 0,
+         "limits.trips_per_rider: must not be negative (0 means no limit)"),
         (s.log.format in LOG_FORMATS, f"log.format: must be text or json, got {s.log.format!r}"),
         (s.log.level in LOG_LEVELS,
          f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}"),

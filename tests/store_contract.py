@@ -64,6 +64,14 @@ class StoreContract:
         assert found is not None
         assert (found.id, found.username, found.password_hash) == (created.id, "Alice", "hash")
 
+    async def test_username_is_one_name_after_compatibility_folding(self, store: Store) -> None:
+        created = await store.create_user("john", "hash", "rider")
+        for look_alike in ("\uff4a\uff4f\uff48\uff4e", "\uff2a\uff2f\uff28\uff2e"):  # fullwidth
+            with pytest.raises(UsernameTaken):
+                await store.create_user(look_alike, "other", "rider")
+            found = await store.get_user_by_username(look_alike)
+            assert found is not None and found.id == created.id
+
     async def test_unknown_ids_give_none(self, store: Store) -> None:
         assert await store.get_user(UNKNOWN_ID) is None
         assert await store.get_user_by_username("nobody") is None
@@ -138,6 +146,31 @@ class StoreContract:
         assert ids(listed) == ids(reversed(made))
         assert [trip.created for trip in listed] == sorted(
             (trip.created for trip in made), reverse=True)
+
+    async def test_trip_list_stops_at_the_limit_keeping_the_newest(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        made = await trips_in_order(store, rider, 5)
+        assert ids(await store.list_trips(rider, limit=3)) == ids(reversed(made[2:]))
+
+    async def test_trip_list_before_takes_those_created_strictly_earlier(
+        self, store: Store,
+    ) -> None:
+        rider, = await riders(store, "rider")
+        made = await trips_in_order(store, rider, 5)
+        before_third = await store.list_trips(rider, before=made[2].created)
+        assert ids(before_third) == ids(reversed(made[:2]))
+        just_after = made[2].created + timedelta(microseconds=1)
+        assert ids(await store.list_trips(rider, before=just_after)) == ids(reversed(made[:3]))
+        assert await store.list_trips(rider, before=made[0].created) == []
+
+    async def test_pages_of_a_drivers_list_join_up(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, = await drivers(store, "driver")
+        made = await trips_in_order(store, rider, 7)
+        await claimed(store, made[3], driver)
+        first = await store.list_trips(driver, limit=4)
+        rest = await store.list_trips(driver, before=first[-1].created, limit=4)
+        assert ids(first) + ids(rest) == ids(reversed(made))
 
     async def test_active_trip_ids_as_rider_or_driver(self, store: Store) -> None:
         rider, = await riders(store, "rider")
@@ -311,6 +344,15 @@ async def status_of(store: Store, trip: Trip) -> TripStatus:
     stored = await store.get_trip(trip.id)
     assert stored is not None
     return stored.status
+
+
+async def trips_in_order(store: Store, rider: User, count: int) -> list[Trip]:
+    """`count` trips of `rider`, oldest first, each created at a later time."""
+    made: list[Trip] = []
+    for number in range(count):
+        made.append(await store.create_trip(rider.id, f"from {number}", "to"))
+        await asyncio.sleep(0.002)  # distinct creation times on any clock
+    return made
 
 
 def ids(trips: Iterable[Trip]) -> list[str]:

@@ -120,3 +120,27 @@ async def test_server_with_unreachable_mongodb_runs_and_is_not_ready(
 def unreachable_url() -> str:
     """A MongoDB URL on a port where nothing listens, with a short selection timeout."""
     return f"mongodb://127.0.0.1:{free_port()}/taxi?serverSelectionTimeoutMS=300"
+
+
+@pytest.mark.mongomock
+async def test_users_stored_before_compatibility_folding_get_the_new_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Documents written when usernames were only case-folded: once the store reaches
+    the server, each fullwidth name takes its folded key unless another user holds it."""
+    client = AsyncMockClient()
+    users = client.sync["taxi"]["users"]
+    users.insert_one({"_id": "u-jane1", "username": "jane", "username_key": "jane",
+                      "group": "rider", "password_hash": "hash"})
+    for user_id, name in (("u-john", "\uff4a\uff4f\uff48\uff4e"),
+                          ("u-jane2", "\uff4a\uff41\uff4e\uff45")):
+        users.insert_one({"_id": user_id, "username": name, "username_key": name.casefold(),
+                          "group": "rider", "password_hash": "hash"})
+    store = MongoStore("mongodb://mongomock.invalid/taxi", client=client)  # type: ignore[arg-type]
+    await store.open()
+    john = await store.get_user_by_username("John")
+    assert john is not None and john.id == "u-john"
+    jane = await store.get_user_by_username("jane")
+    assert jane is not None and jane.id == "u-jane1"
+    assert "folds to the name of another user" in caplog.text
+    await store.close()

@@ -47,3 +47,31 @@ async def test_close_answers_the_lookups_already_asked(tmp_path: Path) -> None:
     assert [result.id if result else None for result in found] == [user.id] * 10
     with pytest.raises(StoreError, match="not open"):
         await store.get_user(user.id)
+
+
+async def test_users_stored_before_compatibility_folding_get_the_new_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database written when usernames were only case-folded: on open, each fullwidth
+    name takes its folded key, unless another user holds that key already."""
+    path = tmp_path / "taxi.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    await store.create_user("jane", "hash", "rider")
+    await store.close()
+    with sqlite3.connect(path) as old:
+        for user_id, name in (("u-john", "\uff4a\uff4f\uff48\uff4e"),
+                              ("u-jane", "\uff4a\uff41\uff4e\uff45")):
+            old.execute("INSERT INTO users (id, username, username_key, password_hash, grp,"
+                        " created) VALUES (?, ?, ?, 'hash', 'rider', '2020-01-01')",
+                        (user_id, name, name.casefold()))
+    reopened = SQLiteStore(str(path))
+    await reopened.open()
+    try:
+        john = await reopened.get_user_by_username("John")
+        assert john is not None and john.id == "u-john"
+        jane = await reopened.get_user_by_username("jane")
+        assert jane is not None and jane.id != "u-jane"  # the first "jane" keeps the name
+        assert "folds to the name of another user" in caplog.text
+    finally:
+        await reopened.close()

@@ -172,6 +172,9 @@ async def test_two_drivers_racing_exactly_one_wins(server: RunningServer) -> Non
         stored = await server.store.get_trip(trip["id"])
         assert stored.driver_id == winners[0].id
         assert (await rider_ws.receive())["data"]["driver"]["id"] == winners[0].id
+        await server.store.update_trip(  # done, so that the rider stays within trips_per_rider
+            trip["id"], expected_status=TripStatus.STARTED, expected_driver_id=winners[0].id,
+            status=TripStatus.COMPLETED, driver_id=winners[0].id)
 
 
 async def test_trip_held_by_another_driver_is_conflict(server: RunningServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from datetime import UTC, datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,12 +19,35 @@ def visible(trip: Trip, user: User) -> bool:
     return trip.rider_id == user.id
 
 
+PAGE_SIZE = 100
+BAD_TIME = "Enter a valid time with a time zone (RFC 3339, e.g. 2026-11-21T17:03:04.123456Z)."
+
+
 class TripListHandler(ApiHandler):
+    """A page of the user's trips, newest first; `?before=<time>` for the page after."""
+
     async def get(self) -> None:
         user = await self.authenticate()
-        trips = await self.services.store.list_trips(user)
+        before = None
+        text = self.get_query_argument("before", None)
+        if text is not None:
+            before = parse_time(text)
+            if before is None:
+                raise field_errors({"before": [BAD_TIME]})
+        trips = await self.services.store.list_trips(user, before=before, limit=PAGE_SIZE)
         base = base_url(self.request, self.services.settings.server)
         self.write_json([trip.to_json(base) for trip in trips])
+
+
+def parse_time(text: str) -> datetime | None:
+    """An RFC 3339 time with its offset (a trip's `created`) in UTC; None when not one."""
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            return None
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 class TripDetailHandler(ApiHandler):
@@ -53,7 +77,9 @@ class HubPublishHandler(ApiHandler):
         if not key:
             raise ApiError(404, NOT_FOUND)
         scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "apikey" or not hmac.compare_digest(given.strip(), key):
+        # Compared as bytes: compare_digest refuses a str with non-ASCII characters.
+        if scheme.lower() != "apikey" or not hmac.compare_digest(given.strip().encode(),
+                                                                 key.encode()):
             raise ApiError(403, {"detail": "Invalid API key."})
         body = self.body_fields(allow_multipart=False)
         group, message = body.get("group"), body.get("message")

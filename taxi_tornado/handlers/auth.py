@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from taxi_tornado.auth import REFRESH, InvalidToken, hash_password, verify_password
+from taxi_tornado.auth import REFRESH, HashingBusy, InvalidToken, hash_password, verify_password
 from taxi_tornado.handlers.base import (
     NOT_FOUND,
     TOKEN_INVALID,
@@ -27,9 +28,37 @@ PASSWORD_MIN = 8
 LOGIN_FAILED = {"detail": "No active account found with the given credentials"}
 PHOTO_NAME = re.compile(r"[A-Za-z0-9_-]{8,64}\.(png|jpg|gif|webp)\Z")
 PHOTO_TYPES = {"png": "image/png", "jpg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}
+HASHING_BUSY = {"detail": "The server is busy checking passwords; try again in a moment."}
+T = TypeVar("T")
 
 
-class SignUpHandler(ApiHandler):
+class AuthRateLimited(ApiHandler):
+    """Log-in, sign-up and refresh share one budget per client address
+    (`limits.auth_rate`), spent before any field is looked at or password hashed."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.request.method != "POST":
+            return
+        wait = self.services.auth_rate.take(self.request.remote_ip or "")
+        if wait:
+            raise ApiError(
+                429,
+                {"detail": "Too many log-in, sign-up or token refresh requests from your "
+                           f"address; try again in {wait} seconds."},
+                {"Retry-After": str(wait)},
+            )
+
+
+async def password_work(work: Awaitable[T]) -> T:
+    """Await a hash or a verification; a full hashing pool is a 429 to come back soon."""
+    try:
+        return await work
+    except HashingBusy:
+        raise ApiError(429, HASHING_BUSY, {"Retry-After": "1"}) from None
+
+
+class SignUpHandler(AuthRateLimited):
     async def post(self) -> None:
         fields = self.body_fields()
         errors = validate_sign_up(fields)
@@ -39,13 +68,11 @@ class SignUpHandler(ApiHandler):
         store = self.services.store
         if await store.get_user_by_username(fields["username"]) is not None:
             raise field_errors({"username": [USERNAME_TAKEN]})
-        photo = None
-        if photo_bytes is not None and photo_ext is not None:
-            photo = await self._save_photo(photo_bytes, photo_ext)
+        photo = f"{secrets.token_urlsafe(18)}.{photo_ext}" if photo_bytes is not None else None
         try:
             user = await store.create_user(
                 username=fields["username"],
-                password_hash=await hash_password(fields["password1"]),
+                password_hash=await password_work(hash_password(fields["password1"])),
                 group=fields["group"],
                 first_name=fields.get("first_name") or "",
                 last_name=fields.get("last_name") or "",
@@ -53,6 +80,9 @@ class SignUpHandler(ApiHandler):
             )
         except UsernameTaken:
             raise field_errors({"username": [USERNAME_TAKEN]}) from None
+        if photo is not None and photo_bytes is not None:
+            # Only now that the user exists: a sign-up that fails leaves no file behind.
+            await self._save_photo(photo, photo_bytes)
         self.write_json(user.to_json(base_url(self.request, self.services.settings.server)), 201)
 
     def _photo(self, errors: dict[str, list[str]]) -> tuple[bytes | None, str | None]:
@@ -73,11 +103,8 @@ class SignUpHandler(ApiHandler):
             return None, None
         return body, ext
 
-    async def _save_photo(self, body: bytes, ext: str) -> str:
-        directory = self.services.settings.photos_dir
-        name = f"{secrets.token_urlsafe(18)}.{ext}"
-        await asyncio.to_thread(_write_file, directory, name, body)
-        return name
+    async def _save_photo(self, name: str, body: bytes) -> None:
+        await asyncio.to_thread(_write_file, self.services.settings.photos_dir, name, body)
 
 
 def _write_file(directory: Path, name: str, body: bytes) -> None:
@@ -150,7 +177,7 @@ def image_type(body: bytes) -> str | None:
     return None
 
 
-class LogInHandler(ApiHandler):
+class LogInHandler(AuthRateLimited):
     async def post(self) -> None:
         fields = self.body_fields()
         errors = {
@@ -162,13 +189,14 @@ class LogInHandler(ApiHandler):
             raise field_errors(errors)
         user = await self.services.store.get_user_by_username(fields["username"])
         password_hash = user.password_hash if user else None
-        if not await verify_password(password_hash, fields["password"]) or user is None:
+        matches = await password_work(verify_password(password_hash, fields["password"]))
+        if not matches or user is None:
             raise ApiError(401, LOGIN_FAILED)
         base = base_url(self.request, self.services.settings.server)
         self.write_json(self.services.tokens.issue_pair(user, base))
 
 
-class RefreshHandler(ApiHandler):
+class RefreshHandler(AuthRateLimited):
     async def post(self) -> None:
         fields = self.body_fields(allow_multipart=False)
         token = fields.get("refresh")

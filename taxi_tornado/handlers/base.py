@@ -31,11 +31,14 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 class ApiError(tornado.web.HTTPError):
-    """An HTTP error whose JSON body is given: {"detail": …} or field errors."""
+    """An HTTP error whose JSON body is given: {"detail": …} or field errors; `headers`
+    go with it (an error response starts from cleared headers)."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any],
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(status)
         self.body = body
+        self.headers = headers or {}
 
 
 def field_errors(errors: dict[str, list[str]]) -> ApiError:
@@ -117,6 +120,8 @@ class ApiHandler(tornado.web.RequestHandler):
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, ApiError):
             body = error.body
+            for name, value in error.headers.items():
+                self.set_header(name, value)
         elif status_code >= 500:
             body = SERVER_ERROR
         elif status_code == 404:

@@ -76,6 +76,12 @@ class TaxiSocket(WebSocketHandler):
         if origin and not self.check_origin(origin):
             self._refuse(403, {"detail": "Origin not allowed."}, "origin")
             return
+        limit = services.settings.limits.sockets_per_user
+        if limit and services.hub.members(f"user:{user.id}") >= limit:
+            # Counted and joined with no wait between: racing upgrades cannot both pass.
+            self._refuse(429, {"detail": f"Too many open sockets for this user (at most "
+                                         f"{limit} on one server)."}, "sockets_per_user")
+            return
         version = 2 if SUBPROTOCOL_V2 in self._offered_subprotocols() else 1
         conn = Connection(user, version, services.hub, services.store, services.settings,
                           base_url(self.request, services.settings.server))

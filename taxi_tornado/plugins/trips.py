@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
+from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.store import Trip, TripStatus, format_time, now
 
 DRIVERS = "drivers"
@@ -18,7 +19,8 @@ MAX_ADDRESS = 255
 
 
 def setup(registry: Registry) -> None:
-    registry.add_message_type("trip.request", request_trip, aliases=("create.trip",))
+    registry.add_message_type("trip.request", TripQuota().guard(request_trip),
+                              aliases=("create.trip",))
     registry.add_message_type("trip.update", update_trip, aliases=("update.trip",))
     registry.add_message_type("trip.cancel", cancel_trip)
     registry.add_message_type("driver.location", driver_location)

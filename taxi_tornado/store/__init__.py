@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,8 +125,13 @@ def new_id() -> str:
 
 
 def username_key(username: str) -> str:
-    """The form usernames are compared in: unique ignoring case."""
-    return username.casefold()
+    """The form usernames are compared in: unique ignoring case and compatibility forms.
+
+    NFKC folds look-alikes such as fullwidth letters (fullwidth `john` is `john`); case
+    folding can undo NFKC, so it runs again after (Unicode's NFKC_Casefold, in effect).
+    """
+    folded = unicodedata.normalize("NFKC", username).casefold()
+    return unicodedata.normalize("NFKC", folded)
 
 
 class Store(abc.ABC):
@@ -169,9 +175,12 @@ class Store(abc.ABC):
     async def get_trip(self, trip_id: str) -> Trip | None: ...
 
     @abc.abstractmethod
-    async def list_trips(self, user: User) -> list[Trip]:
+    async def list_trips(
+        self, user: User, *, before: datetime | None = None, limit: int = 100
+    ) -> list[Trip]:
         """The trips `user` may see, newest first: a rider's own; a driver's own plus
-        every REQUESTED trip."""
+        every REQUESTED trip. At most `limit`; with `before`, only those created strictly
+        before it (the `created` of the last trip of a page gives the next page)."""
 
     @abc.abstractmethod
     async def active_trip_ids(self, user_id: str) -> list[str]:

@@ -163,14 +163,19 @@ class MongoStore(Store):
             return None
         return (await self._resolve([document]))[0]
 
-    async def list_trips(self, user: User) -> list[Trip]:
+    async def list_trips(
+        self, user: User, *, before: datetime | None = None, limit: int = 100
+    ) -> list[Trip]:
         if user.group == "driver":
             query: Document = {"$or": [{"driver_id": user.id},
                                        {"status": TripStatus.REQUESTED.value}]}
         else:
             query = {"rider_id": user.id}
+        if before is not None:
+            query["created_us"] = {"$lt": _microseconds(before)}
         with _driver_errors("cannot list trips"):
-            documents = await self._trips.find(query).sort(NEWEST_FIRST).to_list(None)
+            cursor = self._trips.find(query).sort(NEWEST_FIRST).limit(limit)
+            documents = await cursor.to_list(None)
         return await self._resolve(documents)
 
     async def active_trip_ids(self, user_id: str) -> list[str]:
@@ -210,7 +215,27 @@ class MongoStore(Store):
         await self._users.create_index("username_key", unique=True, name="username_key")
         for keys in TRIP_INDEXES:
             await self._trips.create_index(keys)
+        await self._refold_usernames()
         self._indexed = True
+
+    async def _refold_usernames(self) -> None:
+        """Give users stored before usernames were NFKC-folded their key of today.
+
+        Only names with a character outside printable ASCII can fold differently. A key
+        that another user already holds is left as it was, and logged.
+        """
+        query = {"username": {"$regex": "[^ -~]"}}
+        async for document in self._users.find(query, {"username": 1, "username_key": 1}):
+            key = username_key(document["username"])
+            if key == document.get("username_key"):
+                continue
+            try:
+                await self._users.update_one({"_id": document["_id"]},
+                                             {"$set": {"username_key": key}})
+            except DuplicateKeyError:
+                log.warning("user %s: username %r folds to the name of another user; it "
+                            "can log in only as written before", document["_id"],
+                            document["username"])
 
     async def _resolve(self, documents: list[Document]) -> list[Trip]:
         """Trips with riders and drivers as Users, fetched in one `$in` query for all."""
@@ -264,7 +289,11 @@ def _one_line(error: BaseException) -> str:
 
 def _stamp(name: str, moment: datetime) -> Document:
     """A time as a BSON date (milliseconds) and as exact integer microseconds."""
-    return {name: moment, f"{name}_us": (moment - EPOCH) // timedelta(microseconds=1)}
+    return {name: moment, f"{name}_us": _microseconds(moment)}
+
+
+def _microseconds(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
 
 
 def _time(microseconds: int) -> datetime:

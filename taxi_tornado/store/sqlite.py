@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -60,6 +61,7 @@ FROM trips t
 LEFT JOIN users r ON r.id = t.rider_id
 LEFT JOIN users d ON d.id = t.driver_id
 """
+log = logging.getLogger("taxi_tornado.store.sqlite")
 ACTIVE_MARKS = ", ".join("?" for _ in ACTIVE_STATUSES)
 # Ids per `IN (…)` list: the active-trips query binds each twice, and 2 * 400 + 3 stays
 # under 999, the smallest variable limit an SQLite build may have.
@@ -94,8 +96,28 @@ class SQLiteStore(Store):
             await self._db.execute("PRAGMA busy_timeout=5000")
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._db.executescript(SCHEMA)
+            await self._refold_usernames()
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open SQLite database {self.path}: {error}") from error
+
+    async def _refold_usernames(self) -> None:
+        """Give users stored before usernames were NFKC-folded their key of today.
+
+        Only names with a character outside printable ASCII can fold differently. A key
+        that another user already holds is left as it was, and logged.
+        """
+        rows = await self.db.execute_fetchall(
+            "SELECT id, username, username_key FROM users WHERE username GLOB '*[^ -~]*'"
+        )
+        for user_id, username, key in rows:
+            if username_key(username) == key:
+                continue
+            try:
+                await self.db.execute("UPDATE users SET username_key = ? WHERE id = ?",
+                                      (username_key(username), user_id))
+            except sqlite3.IntegrityError:
+                log.warning("user %s: username %r folds to the name of another user; it "
+                            "can log in only as written before", user_id, username)
 
     async def close(self) -> None:
         await self._users.drain()
@@ -172,13 +194,20 @@ class SQLiteStore(Store):
             row = await cursor.fetchone()
         return _trip(row) if row else None
 
-    async def list_trips(self, user: User) -> list[Trip]:
+    async def list_trips(
+        self, user: User, *, before: datetime | None = None, limit: int = 100
+    ) -> list[Trip]:
         if user.group == "driver":
-            where = "t.driver_id = ? OR t.status = 'REQUESTED'"
+            where = "(t.driver_id = ? OR t.status = 'REQUESTED')"
         else:
             where = "t.rider_id = ?"
-        query = f"{TRIP_SELECT} WHERE {where} ORDER BY t.created DESC, t.id"
-        async with self.db.execute(query, (user.id,)) as cursor:
+        parameters: list[Any] = [user.id]
+        if before is not None:
+            where += " AND t.created < ?"
+            parameters.append(_stamp(before))
+        query = f"{TRIP_SELECT} WHERE {where} ORDER BY t.created DESC, t.id LIMIT ?"
+        parameters.append(limit)
+        async with self.db.execute(query, parameters) as cursor:
             rows = await cursor.fetchall()
         return [_trip(row) for row in rows]
 
@@ -308,6 +337,7 @@ def _trip(row: Any) -> Trip:
     )
 
 
-def _stamp() -> str:
-    """Now as fixed-width ISO text, so that text order is time order."""
-    return now().strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+def _stamp(moment: datetime | None = None) -> str:
+    """A time (now by default) as fixed-width ISO text in UTC, so that text order is
+    time order."""
+    return (moment or now()).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
