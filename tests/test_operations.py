@@ -384,7 +384,8 @@ async def test_json_nesting_is_capped_at_32_levels(server: RunningServer) -> Non
     assert error["data"]["code"] == "invalid_message"
     assert "32 levels" in error["data"]["detail"]
     # Deeper than orjson's own 1024 levels is not JSON we can parse.
-    error = await client.request("[" * 5000 + "]" * 5000)
+    await client.send("[" * 5000 + "]" * 5000)
+    error = await client.receive()
     assert error["data"]["code"] == "invalid_json"
     # Many brackets without depth (and brackets inside strings) are fine.
     wide = {"type": "echo.message", "data": [[1]] * 200 + ["[[[[" * 50], "id": 3}

@@ -14,7 +14,7 @@ from tornado.websocket import websocket_connect
 from websockets.exceptions import InvalidStatus
 
 from taxi_tornado.settings import replace
-from tests.conftest import SECRET, RunningServer, make_settings
+from tests.conftest import SECRET, RunningServer, make_settings, next_frame
 
 
 async def refused_status(url: str, headers: dict[str, str] | None = None) -> int:
@@ -147,7 +147,8 @@ async def test_allowed_origin_and_no_origin_connect(tmp_path, start) -> None:  #
 async def test_malformed_json_gets_error_and_socket_lives(server: RunningServer) -> None:
     _, token = await server.user("rider@example.com")
     client = await server.connect(token)
-    reply = await client.request("{not json")
+    await client.send("{not json")  # no id can be read from it: its answer is the next frame
+    reply = await client.receive()
     assert reply["type"] == "error"
     assert reply["data"]["code"] == "invalid_json"
     assert reply["data"]["for"] is None
@@ -162,7 +163,8 @@ async def test_non_object_or_typeless_frame_is_invalid_message(
 ) -> None:
     _, token = await server.user("rider@example.com")
     client = await server.connect(token)
-    reply = await client.request(frame)
+    await client.send(frame)  # not an envelope: its answer carries no id
+    reply = await client.receive()
     assert reply["type"] == "error"
     assert reply["data"]["code"] == "invalid_message"
     assert await client.request({"type": "echo.message", "data": 1}) == {
@@ -247,7 +249,7 @@ async def test_unknown_subprotocol_is_never_selected(server: RunningServer) -> N
                                   subprotocols=["taxi.v9"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol is None
         await ws.send(json.dumps({"type": "echo.message", "data": 1}))
-        assert json.loads(await ws.recv()) == {"type": "echo.message", "data": 1}
+        assert json.loads(await next_frame(ws)) == {"type": "echo.message", "data": 1}
 
 
 async def test_v2_only_message_skips_v1_connections(server: RunningServer) -> None:
@@ -264,7 +266,7 @@ async def test_independent_client_echo(server: RunningServer) -> None:
                                   subprotocols=["taxi.v2"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "taxi.v2"
         await ws.send(json.dumps({"type": "echo.message", "data": {"a": "é"}, "id": 1}))
-        assert json.loads(await ws.recv()) == {"type": "echo.message", "data": {"a": "é"},
+        assert json.loads(await next_frame(ws)) == {"type": "echo.message", "data": {"a": "é"},
                                                "id": 1}
 
 
