@@ -380,7 +380,7 @@ async def test_json_nesting_is_capped_at_32_levels(server: RunningServer) -> Non
     deepest = {"type": "echo.message", "data": nested(31), "id": 1}  # 32 with the envelope
     assert await client.request(deepest) == deepest
     error = await client.request({"type": "echo.message", "data": nested(32), "id": 2})
-    assert error["type"] == "error"
+    assert error["type"] == "error" and error["id"] == 2
     assert error["data"]["code"] == "invalid_message"
     assert "32 levels" in error["data"]["detail"]
     # Deeper than orjson's own 1024 levels is not JSON we can parse.
