@@ -9,7 +9,7 @@ import time
 import jwt
 import pytest
 import websockets
-from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import websocket_connect
 from websockets.exceptions import InvalidStatus
 
@@ -17,11 +17,17 @@ from taxi_tornado.settings import replace
 from tests.conftest import SECRET, RunningServer, make_settings, next_frame
 
 
-async def refused_status(url: str, headers: dict[str, str] | None = None) -> int:
-    """The HTTP status of a refused upgrade (fails if the socket opened)."""
+async def refused(url: str, headers: dict[str, str] | None = None) -> HTTPResponse:
+    """The HTTP response refusing an upgrade (fails if the socket opened)."""
     with pytest.raises(HTTPClientError) as caught:
         await websocket_connect(HTTPRequest(url, headers=headers or {}))
-    return caught.value.code
+    assert caught.value.response is not None
+    return caught.value.response
+
+
+async def refused_status(url: str, headers: dict[str, str] | None = None) -> int:
+    """The HTTP status of a refused upgrade (fails if the socket opened)."""
+    return (await refused(url, headers)).code
 
 
 # --- the course's test_websocket.py counterparts -------------------------------------
@@ -125,9 +131,11 @@ async def test_path_without_trailing_slash_is_accepted(server: RunningServer) ->
 
 async def test_disallowed_origin_gets_403(server: RunningServer) -> None:
     _, token = await server.user("rider@example.com")
-    status = await refused_status(f"{server.ws_url}?token={token}",
-                                  {"Origin": "https://evil.example"})
-    assert status == 403
+    response = await refused(f"{server.ws_url}?token={token}",
+                             {"Origin": "https://evil.example"})
+    assert response.code == 403
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(response.body) == {"detail": "Origin not allowed."}
 
 
 async def test_allowed_origin_and_no_origin_connect(tmp_path, start) -> None:  # type: ignore[no-untyped-def]
