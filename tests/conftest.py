@@ -188,7 +188,7 @@ class Client:
             text = await asyncio.wait_for(self.ws.read_message(), wait)
         except TimeoutError:
             return
-        raise AssertionError(f"unexpected frame: {text}")
+        raise AssertionError(f"unexpected frame: {text!r}")
 
     async def closed(self, timeout: float = 5) -> int | None:
         """Wait for the server to close; return the close code."""
