@@ -146,7 +146,7 @@ class Client:
         """The next frame: one held back by `request` first, else the next to arrive."""
         if self.held:
             return self.held.popleft()
-        return await self._read(timeout, "a frame")
+        return await self._read(timeout)
 
     async def request(self, message: dict[str, Any], timeout: float = 5) -> Any:
         """Send `message` and return the frame carrying its `id`.
@@ -161,24 +161,24 @@ class Client:
         others: list[Any] = []
         try:
             while True:
-                wanted = f"the reply to {message} (id {frame_id!r}); other frames: {others}"
-                frame = await self._read(deadline - time.monotonic(), wanted)
+                frame = await self._read(deadline - time.monotonic())
                 if isinstance(frame, dict) and frame.get("id") == frame_id:
                     if own_id:
                         del frame["id"]
                     return frame
                 others.append(frame)
+        except AssertionError as error:
+            raise AssertionError(f"no reply to {message} (id {frame_id!r}): {error}; "
+                                 f"frames that did arrive: {others}") from None
         finally:
             self.held.extend(others)
 
-    async def _read(self, timeout: float, wanted: str) -> Any:
+    async def _read(self, timeout: float) -> Any:
         try:
             text = await asyncio.wait_for(self.ws.read_message(), max(timeout, 0))
         except TimeoutError:
-            raise AssertionError(f"waited {timeout:.1f} s for {wanted}: nothing came") from None
-        assert text is not None, (
-            f"socket closed ({self.ws.close_code} {self.ws.close_reason}) while waiting "
-            f"for {wanted}")
+            raise AssertionError(f"nothing came within {timeout:.1f} s") from None
+        assert text is not None, f"socket closed: {self.ws.close_code} {self.ws.close_reason}"
         return json.loads(text)
 
     async def nothing(self, wait: float = 0.3) -> None:
