@@ -8,11 +8,13 @@ tests that need signals, several processes or a proxy in front.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from urllib.request import urlopen
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
+from websockets.asyncio.client import ClientConnection
 
 from taxi_tornado.app import Server
 from taxi_tornado.auth import TokenAuthority, _hasher
@@ -124,42 +127,92 @@ class RunningServer:
 
 
 class Client:
-    """A WebSocket client with JSON helpers and a timeout on every read."""
+    """A WebSocket client with JSON helpers and a timeout on every read.
+
+    `request` waits for the frame that answers its own (the one carrying its `id`), not
+    for the next frame: an event already queued for the client (a new trip, a group
+    message) is kept, in order, for the next `receive`.
+    """
 
     def __init__(self, ws: WebSocketClientConnection) -> None:
         self.ws = ws
+        self.held: deque[Any] = deque()
+        self.request_ids = itertools.count(1)
 
     async def send(self, message: Any) -> None:
         await self.ws.write_message(message if isinstance(message, str) else json.dumps(message))
 
     async def receive(self, timeout: float = 5) -> Any:
-        text = await asyncio.wait_for(self.ws.read_message(), timeout)
+        """The next frame: one held back by `request` first, else the next to arrive."""
+        if self.held:
+            return self.held.popleft()
+        return await self._read(timeout)
+
+    async def request(self, message: dict[str, Any], timeout: float = 5) -> Any:
+        """Send `message` and return the frame carrying its `id`.
+
+        A message without an `id` is sent with one of the helper's own, which is taken
+        off the reply again (so a reply compares equal to what an id-less frame gets).
+        """
+        own_id = "id" not in message
+        frame_id = f"request-{next(self.request_ids)}" if own_id else message["id"]
+        await self.send({**message, "id": frame_id})
+        deadline = time.monotonic() + timeout
+        others: list[Any] = []
+        try:
+            while True:
+                frame = await self._read(deadline - time.monotonic())
+                if isinstance(frame, dict) and frame.get("id") == frame_id:
+                    if own_id:
+                        del frame["id"]
+                    return frame
+                others.append(frame)
+        except AssertionError as error:
+            raise AssertionError(f"no reply to {message} (id {frame_id!r}): {error}; "
+                                 f"frames that did arrive: {others}") from None
+        finally:
+            self.held.extend(others)
+
+    async def _read(self, timeout: float) -> Any:
+        try:
+            text = await asyncio.wait_for(self.ws.read_message(), max(timeout, 0))
+        except TimeoutError:
+            raise AssertionError(f"nothing came within {timeout:.1f} s") from None
         assert text is not None, f"socket closed: {self.ws.close_code} {self.ws.close_reason}"
         return json.loads(text)
 
-    async def request(self, message: Any, timeout: float = 5) -> Any:
-        await self.send(message)
-        return await self.receive(timeout)
-
     async def nothing(self, wait: float = 0.3) -> None:
-        """Assert that no frame arrives within `wait` seconds."""
+        """Assert that no frame arrives within `wait` seconds (nor is held unread)."""
+        assert not self.held, f"unexpected frames: {list(self.held)}"
         try:
             text = await asyncio.wait_for(self.ws.read_message(), wait)
         except TimeoutError:
             return
-        raise AssertionError(f"unexpected frame: {text}")
+        raise AssertionError(f"unexpected frame: {text!r}")
 
     async def closed(self, timeout: float = 5) -> int | None:
         """Wait for the server to close; return the close code."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            message = await asyncio.wait_for(self.ws.read_message(), deadline - time.monotonic())
+            try:
+                message = await asyncio.wait_for(self.ws.read_message(),
+                                                 deadline - time.monotonic())
+            except TimeoutError:
+                break
             if message is None:
                 return self.ws.close_code
-        raise AssertionError("the socket was not closed")
+        raise AssertionError(f"the socket was not closed within {timeout} s")
 
     def close(self) -> None:
         self.ws.close()
+
+
+async def next_frame(ws: ClientConnection, timeout: float = 5) -> str | bytes:
+    """The next frame on a `websockets` connection, whose recv() has no timeout of its own."""
+    try:
+        return await asyncio.wait_for(ws.recv(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"waited {timeout} s for a frame: nothing came") from None
 
 
 @pytest.fixture

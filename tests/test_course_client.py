@@ -15,7 +15,7 @@ from typing import Any
 
 import websockets
 
-from tests.conftest import PASSWORD, RunningServer, make_settings
+from tests.conftest import PASSWORD, RunningServer, make_settings, next_frame
 from tests.test_http_api import PNG, multipart
 
 ORIGIN = "http://localhost:3001"
@@ -75,8 +75,8 @@ async def test_course_client_flow(tmp_path, start) -> None:  # type: ignore[no-u
         await rider_ws.send(json.dumps({"type": "create.trip", "data": {
             "pick_up_address": "1 Main St", "drop_off_address": "2 Oak Ave",
             "rider": rider["id"]}}))
-        trip = assert_trip_frame(await rider_ws.recv())
-        assert assert_trip_frame(await driver_ws.recv())["id"] == trip["id"]
+        trip = assert_trip_frame(await next_frame(rider_ws))
+        assert assert_trip_frame(await next_frame(driver_ws))["id"] == trip["id"]
 
         status, listed, _ = await server.fetch("/api/trip/", token=driver_token)
         assert status == 200 and [t["id"] for t in listed] == [trip["id"]]
@@ -86,10 +86,10 @@ async def test_course_client_flow(tmp_path, start) -> None:  # type: ignore[no-u
             await driver_ws.send(json.dumps({"type": "update.trip", "data": {
                 **detail, "status": new_status, "driver": driver["id"],
                 "rider": rider["id"]}}))
-            detail = assert_trip_frame(await driver_ws.recv())
+            detail = assert_trip_frame(await next_frame(driver_ws))
             assert detail["status"] == new_status
             assert detail["driver"]["id"] == driver["id"]
-            seen = assert_trip_frame(await rider_ws.recv())
+            seen = assert_trip_frame(await next_frame(rider_ws))
             assert seen == detail
 
     status, listed, _ = await server.fetch("/api/trip/", token=rider_token)

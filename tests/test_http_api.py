@@ -318,6 +318,10 @@ async def test_cors_preflight_for_allowed_origin(tmp_path, start) -> None:  # ty
     status, _, response = await running.fetch("/api/trip/",
                                               headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
+    status, data, response = await running.fetch("/api/log_in/", "OPTIONS", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert (status, data) == (403, {"detail": "Origin not allowed."})
+    assert "Access-Control-Allow-Origin" not in response.headers
 
 
 # --- hub publish API and health ------------------------------------------------------------

@@ -380,11 +380,12 @@ async def test_json_nesting_is_capped_at_32_levels(server: RunningServer) -> Non
     deepest = {"type": "echo.message", "data": nested(31), "id": 1}  # 32 with the envelope
     assert await client.request(deepest) == deepest
     error = await client.request({"type": "echo.message", "data": nested(32), "id": 2})
-    assert error["type"] == "error"
+    assert error["type"] == "error" and error["id"] == 2
     assert error["data"]["code"] == "invalid_message"
     assert "32 levels" in error["data"]["detail"]
     # Deeper than orjson's own 1024 levels is not JSON we can parse.
-    error = await client.request("[" * 5000 + "]" * 5000)
+    await client.send("[" * 5000 + "]" * 5000)
+    error = await client.receive()
     assert error["data"]["code"] == "invalid_json"
     # Many brackets without depth (and brackets inside strings) are fine.
     wide = {"type": "echo.message", "data": [[1]] * 200 + ["[[[[" * 50], "id": 3}

@@ -9,19 +9,25 @@ import time
 import jwt
 import pytest
 import websockets
-from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import websocket_connect
 from websockets.exceptions import InvalidStatus
 
 from taxi_tornado.settings import replace
-from tests.conftest import SECRET, RunningServer, make_settings
+from tests.conftest import SECRET, RunningServer, make_settings, next_frame
+
+
+async def refused(url: str, headers: dict[str, str] | None = None) -> HTTPResponse:
+    """The HTTP response refusing an upgrade (fails if the socket opened)."""
+    with pytest.raises(HTTPClientError) as caught:
+        await websocket_connect(HTTPRequest(url, headers=headers or {}))
+    assert caught.value.response is not None
+    return caught.value.response
 
 
 async def refused_status(url: str, headers: dict[str, str] | None = None) -> int:
     """The HTTP status of a refused upgrade (fails if the socket opened)."""
-    with pytest.raises(HTTPClientError) as caught:
-        await websocket_connect(HTTPRequest(url, headers=headers or {}))
-    return caught.value.code
+    return (await refused(url, headers)).code
 
 
 # --- the course's test_websocket.py counterparts -------------------------------------
@@ -125,9 +131,11 @@ async def test_path_without_trailing_slash_is_accepted(server: RunningServer) ->
 
 async def test_disallowed_origin_gets_403(server: RunningServer) -> None:
     _, token = await server.user("rider@example.com")
-    status = await refused_status(f"{server.ws_url}?token={token}",
-                                  {"Origin": "https://evil.example"})
-    assert status == 403
+    response = await refused(f"{server.ws_url}?token={token}",
+                             {"Origin": "https://evil.example"})
+    assert response.code == 403
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(response.body) == {"detail": "Origin not allowed."}
 
 
 async def test_allowed_origin_and_no_origin_connect(tmp_path, start) -> None:  # type: ignore[no-untyped-def]
@@ -147,7 +155,8 @@ async def test_allowed_origin_and_no_origin_connect(tmp_path, start) -> None:  #
 async def test_malformed_json_gets_error_and_socket_lives(server: RunningServer) -> None:
     _, token = await server.user("rider@example.com")
     client = await server.connect(token)
-    reply = await client.request("{not json")
+    await client.send("{not json")  # no id can be read from it: its answer is the next frame
+    reply = await client.receive()
     assert reply["type"] == "error"
     assert reply["data"]["code"] == "invalid_json"
     assert reply["data"]["for"] is None
@@ -162,7 +171,8 @@ async def test_non_object_or_typeless_frame_is_invalid_message(
 ) -> None:
     _, token = await server.user("rider@example.com")
     client = await server.connect(token)
-    reply = await client.request(frame)
+    await client.send(frame)  # not an envelope: its answer carries no id
+    reply = await client.receive()
     assert reply["type"] == "error"
     assert reply["data"]["code"] == "invalid_message"
     assert await client.request({"type": "echo.message", "data": 1}) == {
@@ -247,7 +257,7 @@ async def test_unknown_subprotocol_is_never_selected(server: RunningServer) -> N
                                   subprotocols=["taxi.v9"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol is None
         await ws.send(json.dumps({"type": "echo.message", "data": 1}))
-        assert json.loads(await ws.recv()) == {"type": "echo.message", "data": 1}
+        assert json.loads(await next_frame(ws)) == {"type": "echo.message", "data": 1}
 
 
 async def test_v2_only_message_skips_v1_connections(server: RunningServer) -> None:
@@ -264,7 +274,7 @@ async def test_independent_client_echo(server: RunningServer) -> None:
                                   subprotocols=["taxi.v2"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "taxi.v2"
         await ws.send(json.dumps({"type": "echo.message", "data": {"a": "é"}, "id": 1}))
-        assert json.loads(await ws.recv()) == {"type": "echo.message", "data": {"a": "é"},
+        assert json.loads(await next_frame(ws)) == {"type": "echo.message", "data": {"a": "é"},
                                                "id": 1}
 
 

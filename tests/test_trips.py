@@ -29,6 +29,14 @@ async def request(client: Client, **data: Any) -> dict[str, Any]:
     return trip
 
 
+async def heard(client: Client, trip: dict[str, Any], status: str) -> dict[str, Any]:
+    """The client's next frame: the event that `trip` is now `status`."""
+    event: dict[str, Any] = await client.receive()
+    assert event["type"] == "trip.updated", event
+    assert (event["data"]["id"], event["data"]["status"]) == (trip["id"], status), event
+    return event
+
+
 def error_code(reply: dict[str, Any]) -> str:
     assert reply["type"] == "error", reply
     code: str = reply["data"]["code"]
@@ -130,7 +138,7 @@ async def test_sender_gets_exactly_one_frame_per_change(server: RunningServer) -
     _, rider_ws, _, driver_ws = await rider_and_driver(server, v2=True)
     trip = await request(rider_ws)
     await rider_ws.nothing()
-    await driver_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
     await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                               "status": "STARTED"}})
     await driver_ws.nothing()
@@ -139,7 +147,7 @@ async def test_sender_gets_exactly_one_frame_per_change(server: RunningServer) -
 async def test_skipping_statuses_is_allowed(server: RunningServer) -> None:
     _, rider_ws, _, driver_ws = await rider_and_driver(server)
     trip = await request(rider_ws)
-    await driver_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
     reply = await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                                       "status": "COMPLETED"}})
     assert reply["data"]["status"] == "COMPLETED"
@@ -158,11 +166,10 @@ async def test_two_drivers_racing_exactly_one_wins(server: RunningServer) -> Non
     for round_number in range(25):
         trip = await request(rider_ws)
         for _, ws in drivers:
-            assert (await ws.receive())["data"]["id"] == trip["id"]
+            await heard(ws, trip, "REQUESTED")
         claim = {"type": "trip.update", "data": {"id": trip["id"], "status": "STARTED"},
                  "id": round_number}
-        await asyncio.gather(*(ws.send(claim) for _, ws in drivers))
-        replies = [await ws.receive() for _, ws in drivers]
+        replies = await asyncio.gather(*(ws.request(claim) for _, ws in drivers))
         winners = [user for (user, _), reply in zip(drivers, replies, strict=True)
                    if reply["type"] == "trip.updated"]
         losers = [reply for reply in replies if reply["type"] == "error"]
@@ -178,17 +185,21 @@ async def test_two_drivers_racing_exactly_one_wins(server: RunningServer) -> Non
 
 
 async def test_trip_held_by_another_driver_is_conflict(server: RunningServer) -> None:
-    _, rider_ws, _, driver_ws = await rider_and_driver(server)
+    _, rider_ws, driver, driver_ws = await rider_and_driver(server)
     _, other_token = await server.user("other", "driver")
     other_ws = await server.connect(other_token)
     trip = await request(rider_ws)
-    await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
-                                                              "status": "STARTED"}})
-    await other_ws.receive()  # the REQUESTED alert
+    await heard(other_ws, trip, "REQUESTED")
+    claim = await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
+                                                                      "status": "STARTED"}})
+    assert claim["type"] == "trip.updated" and claim["data"]["driver"]["id"] == driver.id
+    # The trip is held now: the other driver's updates meet the ownership check, not a claim.
     for status in ("IN_PROGRESS", "STARTED", "COMPLETED"):
         reply = await other_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                                          "status": status}})
         assert error_code(reply) == "conflict"
+    stored = await server.store.get_trip(trip["id"])
+    assert (stored.status, stored.driver_id) == (TripStatus.STARTED, driver.id)
 
 
 async def test_v2_pool_hears_trip_taken_v1_pool_does_not(server: RunningServer) -> None:
@@ -198,11 +209,10 @@ async def test_v2_pool_hears_trip_taken_v1_pool_does_not(server: RunningServer) 
     v1_ws, v2_ws = await server.connect(v1_token), await server.connect(v2_token, v2=True)
     trip = await request(rider_ws)
     for ws in (driver_ws, v1_ws, v2_ws):
-        assert (await ws.receive())["data"]["status"] == "REQUESTED"
+        await heard(ws, trip, "REQUESTED")
     await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                               "status": "STARTED"}})
-    taken = await v2_ws.receive()
-    assert taken["data"]["status"] == "STARTED" and taken["data"]["id"] == trip["id"]
+    await heard(v2_ws, trip, "STARTED")
     await v1_ws.nothing()
 
 
@@ -228,7 +238,7 @@ async def test_same_or_earlier_status_is_invalid_transition(
 async def test_requested_to_requested_is_invalid_transition(server: RunningServer) -> None:
     _, rider_ws, _, driver_ws = await rider_and_driver(server)
     trip = await request(rider_ws)
-    await driver_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
     reply = await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                                       "status": "REQUESTED"}})
     assert error_code(reply) == "invalid_transition"
@@ -251,7 +261,7 @@ async def test_driver_cannot_request_trip(server: RunningServer) -> None:
 async def test_driver_cannot_cancel(server: RunningServer) -> None:
     _, rider_ws, _, driver_ws = await rider_and_driver(server)
     trip = await request(rider_ws)
-    await driver_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
     for message in ({"type": "trip.cancel", "data": {"id": trip["id"]}},
                     {"type": "trip.update", "data": {"id": trip["id"], "status": "CANCELED"}}):
         assert error_code(await driver_ws.request(message)) == "forbidden"
@@ -287,7 +297,7 @@ async def test_invalid_trip_request_names_the_field(
 async def test_invalid_status_value(server: RunningServer) -> None:
     _, rider_ws, _, driver_ws = await rider_and_driver(server)
     trip = await request(rider_ws)
-    await driver_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
     reply = await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                                       "status": "FLYING"}})
     assert error_code(reply) == "invalid"
@@ -297,7 +307,7 @@ async def test_invalid_status_value(server: RunningServer) -> None:
 async def test_claim_for_another_driver_is_invalid(server: RunningServer) -> None:
     _, rider_ws, _, driver_ws = await rider_and_driver(server)
     trip = await request(rider_ws)
-    await driver_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
     reply = await driver_ws.request({"type": "trip.update", "data": {
         "id": trip["id"], "status": "STARTED", "driver": "someone-else"}})
     assert error_code(reply) == "invalid"
@@ -311,11 +321,11 @@ async def test_rider_cancels_requested_trip_v2_pool_told(server: RunningServer) 
     _, v1_token = await server.user("v1driver", "driver")
     v1_ws = await server.connect(v1_token)
     trip = await request(rider_ws)
-    await driver_ws.receive()
-    await v1_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
+    await heard(v1_ws, trip, "REQUESTED")
     reply = await rider_ws.request({"type": "trip.cancel", "data": {"id": trip["id"]}})
     assert reply["data"]["status"] == "CANCELED"
-    assert (await driver_ws.receive())["data"]["status"] == "CANCELED"
+    await heard(driver_ws, trip, "CANCELED")
     await v1_ws.nothing()
     claim = await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                                       "status": "STARTED"}})
@@ -325,13 +335,13 @@ async def test_rider_cancels_requested_trip_v2_pool_told(server: RunningServer) 
 async def test_rider_cancels_started_trip_driver_told(server: RunningServer) -> None:
     _, rider_ws, _, driver_ws = await rider_and_driver(server)
     trip = await request(rider_ws)
-    await driver_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
     await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                               "status": "STARTED"}})
-    await rider_ws.receive()
+    await heard(rider_ws, trip, "STARTED")
     reply = await rider_ws.request({"type": "trip.cancel", "data": {"id": trip["id"]}})
     assert reply["data"]["status"] == "CANCELED"
-    assert (await driver_ws.receive())["data"]["status"] == "CANCELED"
+    await heard(driver_ws, trip, "CANCELED")
     again = await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                                       "status": "COMPLETED"}})
     assert error_code(again) == "invalid_transition"
@@ -340,10 +350,10 @@ async def test_rider_cancels_started_trip_driver_told(server: RunningServer) -> 
 async def test_cannot_cancel_in_progress_or_completed(server: RunningServer) -> None:
     _, rider_ws, _, driver_ws = await rider_and_driver(server)
     trip = await request(rider_ws)
-    await driver_ws.receive()
+    await heard(driver_ws, trip, "REQUESTED")
     await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                               "status": "IN_PROGRESS"}})
-    await rider_ws.receive()
+    await heard(rider_ws, trip, "IN_PROGRESS")
     reply = await rider_ws.request({"type": "trip.cancel", "data": {"id": trip["id"]}})
     assert error_code(reply) == "invalid_transition"
 
@@ -371,13 +381,13 @@ async def test_location_reaches_own_rider_only_and_v2_only(server: RunningServer
     other_driver_ws = await server.connect(other_driver_token, v2=True)
     trip = await request(rider_v2)
     rider_v1 = await server.connect(rider_token)  # joins the trip's group on connect
-    await other_driver_ws.receive()
-    await driver_ws.receive()
+    await heard(other_driver_ws, trip, "REQUESTED")
+    await heard(driver_ws, trip, "REQUESTED")
     await driver_ws.request({"type": "trip.update", "data": {"id": trip["id"],
                                                               "status": "STARTED"}})
-    await rider_v2.receive()
-    await rider_v1.receive()
-    await other_driver_ws.receive()  # v2 pool: taken
+    await heard(rider_v2, trip, "STARTED")
+    await heard(rider_v1, trip, "STARTED")
+    await heard(other_driver_ws, trip, "STARTED")  # v2 pool: taken
     await driver_ws.send({"type": "driver.location", "data": {"lat": 52.5, "lng": 13.4,
                                                              "heading": 90, "speed": 8.5}})
     seen = await rider_v2.receive()
@@ -392,8 +402,8 @@ async def test_location_reaches_own_rider_only_and_v2_only(server: RunningServer
 
 async def test_location_without_active_trip_reaches_nobody(server: RunningServer) -> None:
     _, rider_ws, _, driver_ws = await rider_and_driver(server, v2=True)
-    await request(rider_ws)
-    await driver_ws.receive()
+    trip = await request(rider_ws)
+    await heard(driver_ws, trip, "REQUESTED")
     await driver_ws.send({"type": "driver.location", "data": {"lat": 1, "lng": 2}})
     await rider_ws.nothing()
     await driver_ws.nothing()

@@ -166,7 +166,7 @@ class TaxiSocket(WebSocketHandler):
             self._send_error(conn, "invalid_json", "The frame is not valid JSON.", None, None)
             return None
         if nests_too_deep(message, envelope):
-            self._send_error(conn, "invalid_message", TOO_DEEP, None, None)
+            self._send_error(conn, "invalid_message", TOO_DEEP, None, echoed_id(envelope))
             return None
         return run_inline(self._dispatch(conn, envelope))
 
@@ -368,6 +368,14 @@ class TokenBucket:
             return False
         self.tokens -= 1
         return True
+
+
+def echoed_id(envelope: Any) -> str | int | None:
+    """The frame's `id` when it is one an answer carries back (a string or an integer)."""
+    frame_id = envelope.get("id") if isinstance(envelope, dict) else None
+    if isinstance(frame_id, bool) or not isinstance(frame_id, str | int):
+        return None
+    return frame_id
 
 
 def nests_too_deep(message: str | bytes, envelope: Any) -> bool:

@@ -6,6 +6,7 @@ Run with `pytest` (pytest-asyncio in auto mode) after `pip install -e .`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,32 +38,51 @@ async def connect(
     return user.id, await websocket_connect(url, subprotocols=["taxi.v2"])
 
 
+async def receive(ws: WebSocketClientConnection, timeout: float = 5) -> dict[str, object]:
+    """The next frame; a test fails after `timeout` seconds rather than hang."""
+    try:
+        text = await asyncio.wait_for(ws.read_message(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"no frame came within {timeout} s") from None
+    assert text is not None, f"the server closed the socket ({ws.close_code})"
+    frame: dict[str, object] = json.loads(text)
+    return frame
+
+
 async def ask(ws: WebSocketClientConnection, message: dict[str, object]) -> dict[str, object]:
     await ws.write_message(json.dumps(message))
-    reply: dict[str, object] = json.loads(await ws.read_message() or "null")
-    return reply
+    return await receive(ws)
+
+
+async def request_trip(rider: WebSocketClientConnection) -> dict[str, object]:
+    reply = await ask(rider, {"type": "trip.request", "data": {
+        "pick_up_address": "Station", "drop_off_address": "Airport"}})
+    assert reply["type"] == "trip.updated", reply
+    trip = reply["data"]
+    assert isinstance(trip, dict)
+    return trip
 
 
 async def test_driver_hears_the_riders_sos(server: Server) -> None:
     rider_id, rider = await connect(server, "rita", "rider")
     _, driver = await connect(server, "dave", "driver")
-    trip = (await ask(rider, {"type": "trip.request", "data": {
-        "pick_up_address": "Station", "drop_off_address": "Airport"}}))["data"]
-    assert isinstance(trip, dict)
-    await driver.read_message()  # the new trip, sent to the drivers' pool
+    trip = await request_trip(rider)
+    assert (await receive(driver))["type"] == "trip.updated"  # the new trip, to the pool
     await ask(driver, {"type": "trip.update", "data": {"id": trip["id"], "status": "STARTED"}})
-    await rider.read_message()  # the rider sees the trip start
+    assert (await receive(rider))["type"] == "trip.updated"  # the rider sees the trip start
 
     reply = await ask(rider, {"type": "sos.alert", "data": {"trip": trip["id"], "note": "lost"}})
 
     assert reply == {"type": "sos.sent", "data": {"trip": trip["id"]}}
-    alert = json.loads(await driver.read_message() or "null")
+    alert = await receive(driver)
     assert alert == {"type": "sos.alert",
                      "data": {"trip": trip["id"], "from": rider_id, "note": "lost"}}
 
 
 async def test_sos_about_someone_elses_trip_is_not_found(server: Server) -> None:
+    _, rider = await connect(server, "rita", "rider")
+    trip = await request_trip(rider)  # a real trip, of another rider
     _, stranger = await connect(server, "sam", "rider")
-    reply = await ask(stranger, {"type": "sos.alert", "data": {"trip": "no-such-trip"}})
-    assert reply["type"] == "error"
+    reply = await ask(stranger, {"type": "sos.alert", "data": {"trip": trip["id"]}})
+    assert reply["type"] == "error", reply
     assert isinstance(reply["data"], dict) and reply["data"]["code"] == "not_found"
