@@ -246,13 +246,17 @@ class SocketClient:
                                 wanted, timeout)
 
     async def expect_nothing(self, timeout: float = QUIET) -> None:
-        """Fail if a frame is unread, or arrives within `timeout` seconds."""
+        """Fail if a frame is unread, or arrives within `timeout` seconds, or the socket
+        closes meanwhile."""
         if self._unread:
             raise AssertionError(f"expected no frame; unread: {self._unread}")
         try:
             frame = await self._read(timeout)
         except TimeoutError:
             return
+        if frame is None:
+            raise AssertionError(f"expected no frame within {timeout}s; the socket closed "
+                                 f"({self._closed_by()})")
         raise AssertionError(f"expected no frame within {timeout}s; received {frame}")
 
     async def wait_closed(self, timeout: float = TIMEOUT) -> int | None:
@@ -260,12 +264,13 @@ class SocketClient:
         meanwhile stay unread."""
         deadline = time.monotonic() + timeout
         while not self._closed:
-            remaining = deadline - time.monotonic()
             try:
-                self._unread.append(await self._read(max(remaining, 0)))
+                frame = await self._read(deadline - time.monotonic())
             except TimeoutError:
                 raise AssertionError(f"the socket was not closed within {timeout}s; "
                                      f"received {self._unread}") from None
+            if frame is not None:
+                self._unread.append(frame)
         return self.close_code
 
     async def close(self, code: int = 1000) -> None:
@@ -287,24 +292,29 @@ class SocketClient:
             except TimeoutError:
                 raise AssertionError(f"expected {wanted} within {timeout}s; received "
                                      f"{self._unread[seen:] or 'nothing'}") from None
+            if frame is None:
+                raise AssertionError(f"expected {wanted}; the socket closed "
+                                     f"({self._closed_by()}); received "
+                                     f"{self._unread[seen:] or 'nothing'}")
             if match(frame):
                 return frame
             self._unread.append(frame)
 
-    async def _read(self, timeout: float) -> dict[str, Any]:
-        """One frame, parsed; AssertionError when the socket closes, TimeoutError."""
+    async def _read(self, timeout: float) -> dict[str, Any] | None:
+        """One frame, parsed, or None once the socket is closed; TimeoutError."""
         if self._closed:
-            raise AssertionError(f"the socket is closed (code {self.close_code}); unread: "
-                                 f"{self._unread}")
+            return None
         if timeout <= 0:
             raise TimeoutError
         text = await asyncio.wait_for(self._ws.read_message(), timeout)
         if text is None:
             self._closed = True
-            raise AssertionError(f"the server closed the socket: code {self._ws.close_code} "
-                                 f"{self._ws.close_reason or ''}; unread: {self._unread}")
+            return None
         frame: dict[str, Any] = orjson.loads(text)
         return frame
+
+    def _closed_by(self) -> str:
+        return f"code {self._ws.close_code} {self._ws.close_reason or ''}".strip()
 
 
 class HttpResponse:

@@ -106,9 +106,10 @@ class PluginRouteHandler(ApiHandler):
     async def _serve(self, params: dict[str, str]) -> None:
         method = self.request.method or "GET"
         route = self.routes.get(method)
-        if route is None:
+        if route is None:  # written here: an error response would drop the Allow header
             self.set_header("Allow", ", ".join(self.routes))
-            raise ApiError(405, {"detail": f'Method "{method}" not allowed.'})
+            self.write_json({"detail": f'Method "{method}" not allowed.'}, 405)
+            return
         request = Request(
             method=method,
             path=self.request.path,
