@@ -281,8 +281,8 @@ class SocketClient:
 
     async def _wait(self, match: Callable[[dict[str, Any]], bool], wanted: str,
                     timeout: float) -> dict[str, Any]:
-        for index, frame in enumerate(self._unread):
-            if match(frame):
+        for index, unread in enumerate(self._unread):
+            if match(unread):
                 return self._unread.pop(index)
         deadline = time.monotonic() + timeout
         seen = len(self._unread)

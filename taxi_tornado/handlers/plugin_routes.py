@@ -145,11 +145,13 @@ class PluginRouteHandler(ApiHandler):
 
     def _answer(self, result: Any) -> None:
         response = result if isinstance(result, Response) else Response(result)
-        body = b"" if response.body is None and response.status == 204 else encode(response.body)
         for name, value in response.headers.items():
             self.set_header(name, value)
         self.set_status(response.status)
-        self.finish(body)
+        if response.body is None and response.status == 204:
+            self.finish()
+            return
+        self.finish(encode(response.body))
 
     def _answer_error(self, route: Route, error: HttpError) -> None:
         if not 400 <= error.status <= 599:

@@ -13,6 +13,7 @@ from taxi_tornado.plugins.api import (
     RouteHandler,
     TaskFunction,
 )
+from taxi_tornado.settings import SettingsError
 from taxi_tornado.store import User
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Request",
     "Response",
     "RouteHandler",
+    "SettingsError",
     "TaskFunction",
     "User",
 ]

@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from taxi_tornado.plugins import Connection, HttpError, PluginContext, ProtocolError, Registry
-from taxi_tornado.plugins import Request
+from taxi_tornado.plugins import (
+    Connection,
+    HttpError,
+    PluginContext,
+    ProtocolError,
+    Registry,
+    Request,
+)
 
 MAX_NOTE = 500
 STAFF = "staff"
