@@ -87,14 +87,15 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
     registry, plugins = load_plugins(settings=settings.plugins)
     settings = with_secret(settings)
-    build_application(build_services(settings, registry, plugins))  # routes conflict here
+    services = build_services(settings, registry, plugins)
+    build_application(services)  # a plugin route on a core path stops us here, once
     if settings.server.processes > 1:
         for probe in listen_sockets(settings):  # a busy port fails here, once
             probe.close()
         parent_status = fork_workers(settings.server.processes)
         if parent_status is not None:
             return parent_status
-    services = build_services(settings, registry, plugins)
+        services = build_services(settings, registry, plugins)  # each worker its own
     return asyncio.run(_serve(Server(settings, services)))
 
 
