@@ -168,11 +168,15 @@ async def test_preflight_allows_the_routes_methods(
     fake_plugins.add("notes", NOTES)
     server = await start({"server": {"allowed_origins": ["https://app.example"]}})
 
-    response = await server.client().request("OPTIONS", "/api/notes/", headers={
-        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+
+    response = await server.client().request("OPTIONS", "/api/notes/", headers=preflight)
+    with_param = await server.client().request("OPTIONS", "/api/notes/1/", headers=preflight)
 
     assert response.status == 204
     assert response.headers["Access-Control-Allow-Methods"] == "POST, OPTIONS"
+    assert with_param.status == 204
+    assert with_param.headers["Access-Control-Allow-Methods"] == "GET, OPTIONS"
 
 
 def test_two_plugins_claiming_one_path_name_both(fake_plugins: FakeDistributions) -> None:

@@ -114,6 +114,42 @@ async def test_stop_drains_the_sockets(taxi_server: TaxiServer, taxi_rider: Taxi
     assert await socket.wait_closed() == 1001
 
 
+# --- the kit in other projects' pytest set-ups ----------------------------------------------
+
+AUTHOR_TEST = """
+import pytest
+
+
+@pytest.mark.asyncio
+async def test_echo(taxi_rider):
+    socket = await taxi_rider.connect()
+    assert (await socket.request("echo.message", 7))["data"] == 7
+"""
+
+
+def run_author_test(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_author.py").write_text(AUTHOR_TEST)
+    return run(sys.executable, "-c", code, cwd=tmp_path, timeout=60)
+
+
+def test_fixtures_work_in_strict_asyncio_mode(tmp_path: Path) -> None:
+    result = run_author_test(tmp_path, "import pytest, sys; sys.exit(pytest.main(["
+                             "'-q', '-p', 'no:cacheprovider', '-o', 'asyncio_mode=strict', "
+                             "'test_author.py']))")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def test_without_pytest_asyncio_the_fixtures_say_what_to_install(tmp_path: Path) -> None:
+    # No plugin loads by itself (pytest-asyncio would), and importing pytest_asyncio fails.
+    result = run_author_test(tmp_path, "import os, pytest, sys; sys.modules['pytest_asyncio']"
+                             " = None; os.environ['PYTEST_DISABLE_PLUGIN_AUTOLOAD'] = '1'; "
+                             "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-p', "
+                             "'taxi_tornado.testing', '-W', 'ignore', 'test_author.py']))")
+    assert result.returncode != 0
+    assert "need pytest-asyncio: pip install 'taxi-tornado[testing]'" in result.stdout
+
+
 # --- new-plugin ---------------------------------------------------------------------------
 
 def run(*args: str | Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

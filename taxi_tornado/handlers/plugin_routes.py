@@ -100,6 +100,9 @@ class PluginRouteHandler(ApiHandler):
     async def delete(self, **params: str) -> None:
         await self._serve(params)
 
+    def options(self, *args: Any, **params: str) -> None:
+        super().options()  # path parameters come as keyword arguments here
+
     def cors_methods(self) -> str:
         return ", ".join([*self.routes, "OPTIONS"])
 
