@@ -8,6 +8,7 @@ with 1001, wait at most drain_timeout, close broker and store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -22,6 +23,7 @@ from taxi_tornado.handlers import api, auth, socket
 from taxi_tornado.handlers.base import HostRefused, InvalidHostHandler, NotFoundHandler
 from taxi_tornado.handlers.body_limit import MIB, UNLIMITED, BodyLimit
 from taxi_tornado.handlers.keepalive import Keepalive
+from taxi_tornado.handlers.plugin_routes import plugin_routes
 from taxi_tornado.hosts import allowed_hosts
 from taxi_tornado.logs import log_request
 from taxi_tornado.services import Services, build_services
@@ -54,6 +56,7 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/api/hub/publish/?", api.HubPublishHandler, kwargs),
         (r"/media/photos/([^/]+)", auth.PhotoHandler, kwargs),
     ]
+    routes += plugin_routes(services, [rule[0] for rule in routes if isinstance(rule, tuple)])
     return tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
@@ -88,10 +91,19 @@ class Server:
         the hub, then accept connections."""
         sockets = listen_sockets(self.settings)
         services = self.services
-        await services.store.open()
-        await services.hub.start()
+        try:
+            app = build_application(services)  # a plugin claiming a core path stops here
+            await services.store.open()
+            await services.hub.start()
+            await services.plugin_tasks.start()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                await services.hub.stop()
+                await services.store.close()
+            raise
         server = self.settings.server
-        app = build_application(services)
         self.http = HTTPServer(
             with_body_limits(app, self.settings),
             xheaders=server.xheaders,
@@ -122,6 +134,7 @@ class Server:
             await self._stopped.wait()
             return
         services.draining = True
+        services.plugin_tasks.stop_periodic()
         if self.http is not None:
             self.http.stop()
         for sock in list(services.sockets):
@@ -137,6 +150,7 @@ class Server:
                 log.warning("some HTTP connections were still open at shutdown")
         for task in list(services.tasks):
             await asyncio.wait([task], timeout=1)
+        await services.plugin_tasks.shut_down()
         self.keepalive.stop()
         await services.hub.stop()
         await services.store.close()

@@ -1,4 +1,4 @@
-"""`taxi-tornado serve | createuser | plugins | check`.
+"""`taxi-tornado serve | createuser | plugins | check | new-plugin`.
 
 Every command reads the same settings; a bad one stops it with one line naming the key
 and exit status 2.
@@ -17,12 +17,13 @@ import sys
 from collections.abc import Sequence
 
 from taxi_tornado import __version__
-from taxi_tornado.app import Server, listen_sockets
+from taxi_tornado.app import Server, build_application, listen_sockets
 from taxi_tornado.auth import hash_password
 from taxi_tornado.handlers.auth import validate_sign_up
 from taxi_tornado.logs import setup_logging
 from taxi_tornado.plugins.api import PluginError
-from taxi_tornado.plugins.loader import load_plugins
+from taxi_tornado.plugins.loader import PluginInfo, load_plugins
+from taxi_tornado.scaffold import ScaffoldError, write_plugin
 from taxi_tornado.services import build_services
 from taxi_tornado.settings import Settings, SettingsError, load_settings, with_secret
 from taxi_tornado.store import StoreError, UsernameTaken, open_store
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    if args.command == "new-plugin":
+        return new_plugin_command(args)
     try:
         settings = load_settings(args.config, create_secret=False)
         setup_logging(settings.log)
@@ -60,8 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the settings and plugins, then exit")
     check.set_defaults(run=check_command)
 
-    plugins = commands.add_parser("plugins", help="list plugins and their message types")
+    plugins = commands.add_parser(
+        "plugins", help="list plugins: message types, routes, tasks, strategies, settings")
     plugins.set_defaults(run=plugins_command)
+
+    scaffold = commands.add_parser("new-plugin", help="write a new plugin package to start from")
+    scaffold.add_argument("name", help="the plugin's name: lower-case letters, digits and _")
+    scaffold.add_argument("directory", nargs="?",
+                          help="where to write it (default: ./taxi-plugin-NAME)")
 
     create = commands.add_parser("createuser", help="create a user from the terminal")
     create.add_argument("username")
@@ -76,15 +85,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
-    registry, plugins = load_plugins(settings.plugins.disabled)
+    registry, plugins = load_plugins(settings=settings.plugins)
     settings = with_secret(settings)
+    services = build_services(settings, registry, plugins)
+    build_application(services)  # a plugin route on a core path stops us here, once
     if settings.server.processes > 1:
         for probe in listen_sockets(settings):  # a busy port fails here, once
             probe.close()
         parent_status = fork_workers(settings.server.processes)
         if parent_status is not None:
             return parent_status
-    services = build_services(settings, registry, plugins)
+        services = build_services(settings, registry, plugins)  # each worker its own
     return asyncio.run(_serve(Server(settings, services)))
 
 
@@ -134,22 +145,44 @@ async def _serve(server: Server) -> int:
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
-    open_store(settings.store_url)
-    _, plugins = load_plugins(settings.plugins.disabled)
+    registry, plugins = load_plugins(settings=settings.plugins)
+    build_application(build_services(settings, registry, plugins))
     print(f"settings OK: store {settings.store_url}, hub {settings.hub.url}, "
           f"{len(plugins)} plugins")
     return 0
 
 
 def plugins_command(settings: Settings, args: argparse.Namespace) -> int:
-    _, plugins = load_plugins(settings.plugins.disabled)
+    _, plugins = load_plugins(settings=settings.plugins)
     for plugin in plugins:
         print(f"{plugin.name} ({plugin.distribution} {plugin.version}, {plugin.target})")
-        for name in plugin.types:
-            print(f"    {name}")
+        for line in _plugin_lines(plugin):
+            print(f"    {line}")
     disabled = ", ".join(settings.plugins.disabled)
     if disabled:
         print(f"disabled: {disabled}")
+    return 0
+
+
+def _plugin_lines(plugin: PluginInfo) -> list[str]:
+    """Message types first and bare (as ever), then what else the plugin registered."""
+    lines = list(plugin.types)
+    lines += [f"route {route}" for route in plugin.routes]
+    lines += [f"task {task}" for task in plugin.tasks]
+    lines += [f"strategy {strategy}" for strategy in plugin.strategies]
+    lines += [f"setting {setting}" for setting in plugin.settings]
+    return lines
+
+
+def new_plugin_command(args: argparse.Namespace) -> int:
+    try:
+        written = write_plugin(args.name, args.directory)
+    except ScaffoldError as error:
+        print(f"taxi-tornado: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote the plugin {args.name!r} to {written}. Next:\n"
+          f"    pip install -e '{written}[test]'\n"
+          f"    pytest {written}")
     return 0
 
 

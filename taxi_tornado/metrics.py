@@ -77,3 +77,16 @@ def group_frames_out(payload: bytes) -> Counter:
         if end > 0 and b"\\" not in name:
             return frames_out(name.decode(errors="replace"))
     return frames_out("other")
+
+
+PLUGIN_TASK_RUNS = Counter(
+    "taxi_plugin_task_runs", "Runs of plugins' periodic tasks.", ["plugin", "task"]
+)
+PLUGIN_TASK_FAILURES = Counter(
+    "taxi_plugin_task_failures", "Runs of plugins' periodic tasks that raised.",
+    ["plugin", "task"],
+)
+PLUGIN_ROUTE_ERRORS = Counter(
+    "taxi_plugin_route_errors", "Requests to plugins' routes whose handler raised (500).",
+    ["plugin"],
+)

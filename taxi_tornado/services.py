@@ -16,6 +16,7 @@ from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.hub import Hub, build_broker
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
+from taxi_tornado.plugins.tasks import PluginTasks
 from taxi_tornado.rate_limit import AddressRateLimit
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import Store, open_store
@@ -35,6 +36,7 @@ class Services:
     hub: Hub
     registry: Registry
     tokens: TokenAuthority
+    plugin_tasks: PluginTasks
     plugins: list[PluginInfo] = field(default_factory=list)
     sockets: set[TaxiSocket] = field(default_factory=set)
     draining: bool = False
@@ -60,12 +62,15 @@ def build_services(settings: Settings, registry: Registry | None = None,
                    plugins: list[PluginInfo] | None = None) -> Services:
     """Everything but the network; plugins load here so that a conflict stops start-up."""
     if registry is None:
-        registry, plugins = load_plugins(settings.plugins.disabled)
+        registry, plugins = load_plugins(settings=settings.plugins)
+    store = open_store(settings.store_url)
+    hub = Hub(build_broker(settings.hub.url, settings.hub.prefix))
     return Services(
         settings=settings,
-        store=open_store(settings.store_url),
-        hub=Hub(build_broker(settings.hub.url, settings.hub.prefix)),
+        store=store,
+        hub=hub,
         registry=registry,
         tokens=TokenAuthority(settings.auth),
+        plugin_tasks=PluginTasks(registry, hub, store, settings),
         plugins=plugins or [],
     )

@@ -89,6 +89,11 @@ class LimitsSettings:
 @dataclass(frozen=True)
 class PluginsSettings:
     disabled: tuple[str, ...] = ()
+    # Each plugin's own `[plugins.<name>]` table, as read from the file.
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # TAXI_PLUGINS_<NAME>_<KEY> variables, keyed by what follows TAXI_PLUGINS_: only the
+    # plugin loader knows the installed names that split it into plugin and key.
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,8 @@ SECTIONS: dict[str, type] = {
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# PluginsSettings fields filled from plugin tables and variables, not settable as keys.
+PLUGIN_OPTION_FIELDS = ("tables", "environment")
 HUB_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
 
@@ -143,9 +150,15 @@ def load_settings(
     named file must exist.
     """
     env = os.environ if environ is None else environ
-    raw = _read_file(path, env)
-    raw = _apply_environment(raw, env)
-    settings = _build(raw)
+    return settings_from_mapping(_read_file(path, env), env, create_secret=create_secret)
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any], environ: Mapping[str, str], *, create_secret: bool = True
+) -> Settings:
+    """Settings from `raw` shaped like a parsed settings.toml, then `environ`'s TAXI_*
+    variables, validated like a file (the testing kit builds its servers this way)."""
+    settings = _build(_apply_environment(dict(raw), environ), environ)
     _validate(settings)
     if create_secret:
         settings = with_secret(settings)
@@ -171,7 +184,7 @@ def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str,
     if f"{ENV_PREFIX}DATA_DIR" in env:
         merged["data_dir"] = env[f"{ENV_PREFIX}DATA_DIR"]
     for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
+        for f in _settable_fields(section, cls):
             name = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
             if name in env:
                 target = merged.setdefault(section, {})
@@ -181,7 +194,21 @@ def _apply_environment(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str,
     return merged
 
 
-def _build(raw: dict[str, Any]) -> Settings:
+def _settable_fields(section: str, cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls)
+            if section != "plugins" or f.name not in PLUGIN_OPTION_FIELDS]
+
+
+def _plugin_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """TAXI_PLUGINS_<NAME>_<KEY> variables, keyed by <NAME>_<KEY>."""
+    prefix = f"{ENV_PREFIX}PLUGINS_"
+    own = {f"{prefix}{name.upper()}" for name in PLUGIN_OPTION_FIELDS}
+    own |= {f"{prefix}{f.name.upper()}" for f in _settable_fields("plugins", PluginsSettings)}
+    return {name.removeprefix(prefix): value for name, value in env.items()
+            if name.startswith(prefix) and name not in own}
+
+
+def _build(raw: dict[str, Any], env: Mapping[str, str]) -> Settings:
     unknown = set(raw) - set(SECTIONS) - {"data_dir"}
     if unknown:
         raise SettingsError(f"{sorted(unknown)[0]}: unknown setting")
@@ -190,6 +217,9 @@ def _build(raw: dict[str, Any]) -> Settings:
         values = raw.get(section, {})
         if not isinstance(values, dict):
             raise SettingsError(f"{section}: must be a table")
+        if section == "plugins":
+            sections[section] = _build_plugins(values, env)
+            continue
         sections[section] = _build_section(section, cls, values)
     data_dir = raw.get("data_dir", "taxi-data")
     if not isinstance(data_dir, str) or not data_dir:
@@ -197,8 +227,16 @@ def _build(raw: dict[str, Any]) -> Settings:
     return Settings(data_dir=Path(data_dir), **sections)
 
 
+def _build_plugins(values: dict[str, Any], env: Mapping[str, str]) -> PluginsSettings:
+    """[plugins] holds the core's keys and one table per plugin, [plugins.<name>]."""
+    tables = {name: dict(table) for name, table in values.items() if isinstance(table, dict)}
+    keys = {name: value for name, value in values.items() if name not in tables}
+    settings: PluginsSettings = _build_section("plugins", PluginsSettings, keys)
+    return dataclasses.replace(settings, tables=tables, environment=_plugin_environment(env))
+
+
 def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    defaults = {f.name: f.default for f in _settable_fields(section, cls)}
     unknown = set(values) - set(defaults)
     if unknown:
         raise SettingsError(f"{section}.{sorted(unknown)[0]}: unknown setting")
@@ -206,6 +244,12 @@ def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
         key: _coerce(f"{section}.{key}", value, defaults[key]) for key, value in values.items()
     }
     return cls(**coerced)
+
+
+def coerce_value(key: str, value: Any, example: Any) -> Any:
+    """`value` (from TOML or an environment string) as the type of `example`, by the rules
+    of every setting; plugin settings use it too. A tuple example gives a tuple of str."""
+    return _coerce(key, value, example)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

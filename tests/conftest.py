@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -332,3 +333,30 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         if running.process.poll() is None:
             running.process.kill()
             running.process.wait()
+
+
+class FakeDistributions:
+    """Installs tiny distributions (a module plus dist-info with entry points) in a dir
+    on sys.path, so importlib.metadata finds them exactly as it finds pip-installed ones."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def add(self, name: str, module_source: str, entry_point: str | None = None) -> None:
+        module = f"fake_{name}"
+        (self.root / f"{module}.py").write_text(textwrap.dedent(module_source))
+        info = self.root / f"{module}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(
+            f"[taxi_tornado.plugins]\n{name} = {entry_point or module}\n")
+
+
+@pytest.fixture
+def fake_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDistributions]:
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    yield FakeDistributions(root)
+    for name in [m for m in sys.modules if m.startswith("fake_")]:
+        del sys.modules[name]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,35 +12,7 @@ import pytest
 from taxi_tornado.plugins.api import PluginError
 from taxi_tornado.plugins.loader import load_plugins
 from taxi_tornado.settings import replace
-from tests.conftest import RunningServer, make_settings
-
-
-class FakeDistributions:
-    """Installs tiny distributions (a module plus dist-info with entry points) in a dir
-    on sys.path, so importlib.metadata finds them exactly as it finds pip-installed ones."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def add(self, name: str, module_source: str, entry_point: str | None = None) -> None:
-        module = f"fake_{name}"
-        (self.root / f"{module}.py").write_text(textwrap.dedent(module_source))
-        info = self.root / f"{module}-1.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(
-            f"[taxi_tornado.plugins]\n{name} = {entry_point or module}\n")
-
-
-@pytest.fixture
-def fake_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDistributions]:
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    yield FakeDistributions(root)
-    for name in [m for m in sys.modules if m.startswith("fake_")]:
-        del sys.modules[name]
-
+from tests.conftest import FakeDistributions, RunningServer, make_settings
 
 SHOUT = """
     async def shout(conn, data):
@@ -200,17 +170,23 @@ def test_example_plugin_is_installed_and_listed(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "taxi_tornado", "plugins"],
                             capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "sos (taxi-plugin-sos" in result.stdout
-    assert "sos.alert" in result.stdout
+    listing = result.stdout.split("\nsos (", 1)[1].split("\ntrips (", 1)[0]
+    assert listing.startswith("taxi-plugin-sos")
+    for line in ("    sos.alert", "    sos.ack", "    route GET /api/sos/alerts/ (auth required)",
+                 "    task every 5s SosDesk.realert",
+                 "    task on_shutdown SosDesk.report_unanswered",
+                 "    setting plugins.sos.alert_group (str, default 'sos')",
+                 "    setting plugins.sos.realert_after (float, default 60.0)"):
+        assert line in listing.splitlines(), listing
 
 
 async def test_example_plugin_end_to_end(server: RunningServer) -> None:
     rider, rider_token = await server.user("rider")
     _, driver_token = await server.user("driver", "driver")
-    _, dispatch_token = await server.user("dispatch-desk", "rider")
+    _, staff_token = await server.user("desk", "staff")
     rider_ws = await server.connect(rider_token, v2=True)
     driver_ws = await server.connect(driver_token, v2=True)
-    dispatch_ws = await server.connect(dispatch_token)
+    staff_ws = await server.connect(staff_token, v2=True)
     trip = (await rider_ws.request({"type": "trip.request", "data": {
         "pick_up_address": "A", "drop_off_address": "B"}}))["data"]
     await driver_ws.receive()
@@ -221,9 +197,9 @@ async def test_example_plugin_end_to_end(server: RunningServer) -> None:
                                                                   "note": "help"}, "id": 5})
     assert reply == {"type": "sos.sent", "data": {"trip": trip["id"]}, "id": 5}
     alert = {"type": "sos.alert", "data": {"trip": trip["id"], "from": rider.id,
-                                           "note": "help"}}
+                                           "note": "help", "repeat": 0}}
     assert await driver_ws.receive() == alert
-    assert await dispatch_ws.receive() == alert
+    assert await staff_ws.receive() == alert
     _, stranger_token = await server.user("stranger")
     stranger = await server.connect(stranger_token)
     refused = await stranger.request({"type": "sos.alert", "data": {"trip": trip["id"]}})

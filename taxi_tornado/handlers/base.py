@@ -105,12 +105,16 @@ class ApiHandler(tornado.web.RequestHandler):
         origin = self.request.headers.get("Origin")
         if not origin or not self._cors_allowed(origin):
             raise ApiError(403, {"detail": "Origin not allowed."})
-        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Methods", self.cors_methods())
         requested = self.request.headers.get("Access-Control-Request-Headers")
         self.set_header("Access-Control-Allow-Headers", requested or "authorization, content-type")
         self.set_header("Access-Control-Max-Age", "86400")
         self.set_status(204)
         self.finish()
+
+    def cors_methods(self) -> str:
+        """The methods a preflight allows on this path."""
+        return "GET, POST, OPTIONS"
 
     def write_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from taxi_tornado.plugins.api import ENTRY_POINT_GROUP, PluginError, Registry
+from taxi_tornado.plugins.config import describe_spec, plugin_configs
+from taxi_tornado.settings import PluginsSettings, SettingsError
 
 log = logging.getLogger("taxi_tornado.plugins")
 
@@ -19,18 +21,29 @@ class PluginInfo:
     distribution: str
     version: str
     types: tuple[str, ...]
+    routes: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ()
+    strategies: tuple[str, ...] = ()  # dispatch strategies: see docs/dispatch.md
 
 
-def load_plugins(disabled: Iterable[str] = ()) -> tuple[Registry, list[PluginInfo]]:
-    """Import and set up every plugin not in `disabled`, in name order.
+def load_plugins(
+    disabled: Iterable[str] = (), *, settings: PluginsSettings | None = None
+) -> tuple[Registry, list[PluginInfo]]:
+    """Import and set up every plugin not disabled (by `disabled` or by
+    `settings.disabled`), in name order, each with its own settings from `settings`.
 
     A plugin that fails to import or to set up, or that claims another plugin's message
-    type, raises PluginError naming the plugin(s); nothing is loaded half-way.
+    type or route, raises PluginError naming the plugin(s); a bad plugin setting raises
+    SettingsError naming `plugins.<name>.<key>`. Nothing is loaded half-way.
     """
-    skip = set(disabled)
+    options = settings or PluginsSettings()
+    skip = set(disabled) | set(options.disabled)
+    entries = _plugin_entry_points()
     registry = Registry()
+    registry.configs.update(plugin_configs([entry.name for entry in entries], options))
     loaded: list[PluginInfo] = []
-    for entry in _plugin_entry_points():
+    for entry in entries:
         if entry.name in skip:
             log.info("plugin %s is disabled by plugins.disabled", entry.name)
             continue
@@ -66,7 +79,7 @@ def _setup(entry: EntryPoint, registry: Registry) -> None:
         raise PluginError(f"plugin {entry.name!r} ({entry.value}) has no setup(registry)")
     try:
         setup(registry)
-    except PluginError:
+    except (PluginError, SettingsError):
         raise
     except Exception as error:
         raise PluginError(
@@ -77,10 +90,14 @@ def _setup(entry: EntryPoint, registry: Registry) -> None:
 
 def _info(entry: EntryPoint, registry: Registry) -> PluginInfo:
     dist = entry.dist
+    spec = registry.setting_specs.get(entry.name)
     return PluginInfo(
         name=entry.name,
         target=entry.value,
         distribution=dist.name if dist else "?",
         version=dist.version if dist else "?",
         types=tuple(registry.types_of(entry.name)),
+        routes=tuple(registry.routes_of(entry.name)),
+        tasks=tuple(registry.tasks_of(entry.name)),
+        settings=tuple(describe_spec(entry.name, spec)) if spec else (),
     )

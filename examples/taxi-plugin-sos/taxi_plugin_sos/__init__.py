@@ -1,44 +1,138 @@
 """An SOS button: a rider or driver raises an alarm about a trip they are part of.
 
-The alarm goes to the other people on the trip (v2 clients only: the course's v1 client
-would take any frame for a trip) and to the `dispatch` group, which an operator's console
-joins. The plugin registers one message type and one on-connect hook, and uses the store
-and the hub only through the Connection it is given.
+The alarm goes to the other people on the trip and to the alert group (the setting
+`alert_group`, "sos" by default), which every staff connection joins; the operators see
+the open alerts at GET /api/sos/alerts/, acknowledge one with `sos.ack`, and hear an
+unanswered alert again every `realert_after` seconds. Events go to v2 clients only: the
+course's v1 client would take any frame for a trip.
+
+Alerts live in the memory of the process that took them: with several server processes,
+each re-alerts and lists its own.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from taxi_tornado.plugins import Connection, ProtocolError, Registry
+from taxi_tornado.plugins import (
+    Connection,
+    HttpError,
+    PluginContext,
+    ProtocolError,
+    Registry,
+    Request,
+)
 
-DISPATCH = "dispatch"
 MAX_NOTE = 500
+STAFF = "staff"
+V2 = 2
+
+
+@dataclass(frozen=True)
+class SosSettings:
+    """[plugins.sos] in settings.toml, or TAXI_PLUGINS_SOS_<KEY>."""
+
+    alert_group: str = "sos"  # the hub group that hears every alert; staff join it
+    realert_after: float = 60.0  # seconds before an unanswered alert is sent again
+    check_every: float = 5.0  # seconds between two looks for unanswered alerts
+
+
+@dataclass
+class Alert:
+    trip: str
+    sender: str
+    note: str
+    raised: datetime = field(default_factory=lambda: datetime.now(UTC))
+    sent_at: float = field(default_factory=time.monotonic)
+    repeat: int = 0
+
+    def message(self) -> dict[str, Any]:
+        return {"type": "sos.alert", "data": {"trip": self.trip, "from": self.sender,
+                                              "note": self.note, "repeat": self.repeat}}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trip": self.trip, "from": self.sender, "note": self.note,
+                "raised": self.raised.isoformat().replace("+00:00", "Z"),
+                "repeat": self.repeat}
 
 
 def setup(registry: Registry) -> None:
-    registry.add_message_type("sos.alert", raise_alert)
-    registry.on_connect(join_dispatch)
+    desk = SosDesk(registry.settings(SosSettings))
+    registry.add_message_type("sos.alert", desk.raise_alert)
+    registry.add_message_type("sos.ack", desk.acknowledge)
+    registry.on_connect(desk.join_alert_group)
+    registry.add_route("/api/sos/alerts/", desk.open_alerts)
+    registry.every(desk.settings.check_every, desk.realert)
+    registry.on_shutdown(desk.report_unanswered)
 
 
-async def join_dispatch(conn: Connection) -> None:
-    """Users whose username starts with `dispatch` watch every alert."""
-    if conn.user.username.startswith("dispatch"):
-        await conn.join(DISPATCH)
+class SosDesk:
+    """The open alerts of one server process, keyed by trip id."""
+
+    def __init__(self, settings: SosSettings) -> None:
+        self.settings = settings
+        self.alerts: dict[str, Alert] = {}
+
+    async def join_alert_group(self, conn: Connection) -> None:
+        if conn.user.group == STAFF:
+            await conn.join(self.settings.alert_group)
+
+    async def raise_alert(self, conn: Connection, data: Any) -> dict[str, Any]:
+        trip_id = _trip_id(data)
+        note = data.get("note", "")
+        if not isinstance(note, str) or len(note) > MAX_NOTE:
+            raise ProtocolError("invalid", "The note is not valid.",
+                                {"note": [f"At most {MAX_NOTE} characters of text."]})
+        trip = await conn.store.get_trip(trip_id)
+        if trip is None or conn.user.id not in (trip.rider_id, trip.driver_id):
+            raise ProtocolError("not_found", "No such trip.")
+        alert = Alert(trip.id, conn.user.id, note)
+        self.alerts[trip.id] = alert
+        await conn.send_group(trip.id, alert.message(), exclude_self=True, min_version=V2)
+        await conn.send_group(self.settings.alert_group, alert.message(), exclude_self=True,
+                              min_version=V2)
+        return {"type": "sos.sent", "data": {"trip": trip.id}}
+
+    async def acknowledge(self, conn: Connection, data: Any) -> dict[str, Any]:
+        """Staff answer an alert: the trip hears that help is on its way."""
+        if conn.user.group != STAFF:
+            raise ProtocolError("forbidden", "Only staff acknowledge SOS alerts.")
+        trip_id = _trip_id(data)
+        if self.alerts.pop(trip_id, None) is None:
+            raise ProtocolError("not_found", "No open alert for this trip.")
+        message = {"type": "sos.acknowledged", "data": {"trip": trip_id, "by": conn.user.id}}
+        await conn.send_group(trip_id, message, min_version=V2)
+        await conn.send_group(self.settings.alert_group, message, exclude_self=True,
+                              min_version=V2)
+        return message
+
+    async def open_alerts(self, request: Request) -> list[dict[str, Any]]:
+        """GET /api/sos/alerts/: the open alerts, oldest first, for staff only."""
+        if request.user is None or request.user.group != STAFF:
+            raise HttpError(403, "Only staff can see SOS alerts.")
+        return [alert.to_json() for alert in self.alerts.values()]
+
+    async def realert(self, context: PluginContext) -> None:
+        """Send every alert nobody acknowledged within realert_after seconds again."""
+        now = time.monotonic()
+        for alert in list(self.alerts.values()):
+            if now - alert.sent_at >= self.settings.realert_after:
+                alert.repeat += 1
+                alert.sent_at = now
+                await context.publish(self.settings.alert_group, alert.message(),
+                                      min_version=V2)
+
+    async def report_unanswered(self, context: PluginContext) -> None:
+        if self.alerts:
+            context.log.warning("shutting down with %d unanswered SOS alerts: trips %s",
+                                len(self.alerts), ", ".join(self.alerts))
 
 
-async def raise_alert(conn: Connection, data: Any) -> dict[str, Any]:
+def _trip_id(data: Any) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("trip"), str):
-        raise ProtocolError("invalid", "An SOS names its trip.",
-                            {"trip": ["This field is required."]})
-    note = data.get("note", "")
-    if not isinstance(note, str) or len(note) > MAX_NOTE:
-        raise ProtocolError("invalid", "The note is not valid.",
-                            {"note": [f"At most {MAX_NOTE} characters of text."]})
-    trip = await conn.store.get_trip(data["trip"])
-    if trip is None or conn.user.id not in (trip.rider_id, trip.driver_id):
-        raise ProtocolError("not_found", "No such trip.")
-    alert = {"type": "sos.alert", "data": {"trip": trip.id, "from": conn.user.id, "note": note}}
-    await conn.send_group(trip.id, alert, exclude_self=True, min_version=2)
-    await conn.send_group(DISPATCH, alert, exclude_self=True)
-    return {"type": "sos.sent", "data": {"trip": trip.id}}
+        raise ProtocolError("invalid", "Name the trip.", {"trip": ["This field is required."]})
+    trip_id: str = data["trip"]
+    return trip_id

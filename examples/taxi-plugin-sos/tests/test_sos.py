@@ -1,88 +1,147 @@
-"""How a plugin author tests a plugin: a real server in the test's loop, real sockets.
+"""The SOS plugin, tested as its users meet it: a real server, real sockets, real HTTP.
 
-Only taxi_tornado's public API is used: Settings, Server, the store and the tokens.
-Run with `pytest` (pytest-asyncio in auto mode) after `pip install -e .`.
+Only the test kit is used (taxi_tornado.testing: the `taxi_server` fixture and its users
+and clients), so this file is also the model of a plugin's tests. Run with `pytest`
+after `pip install -e '.[test]'`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from taxi_tornado.app import Server
-from taxi_tornado.settings import Settings, replace
+from taxi_tornado.testing import SocketClient, TaxiServer, TaxiUser
 
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    settings = replace(Settings(), data_dir=tmp_path, server={"port": 0},  # type: ignore[arg-type]
-                       auth={"secret_key": "a-test-secret-of-at-least-32-bytes!!"})
-    server = Server(settings)
-    await server.start()
-    yield server
-    await server.stop()
+FAST_REALERT = {"sos": {"realert_after": 0.3, "check_every": 0.1}}
 
 
-async def connect(
-    server: Server, username: str, group: str
-) -> tuple[str, WebSocketClientConnection]:
-    services = server.services
-    user = await services.store.create_user(username, password_hash="unused", group=group)
-    token = services.tokens.issue_access(user, "http://test")
-    url = f"ws://127.0.0.1:{server.port}/taxi/?token={token}"
-    return user.id, await websocket_connect(url, subprotocols=["taxi.v2"])
+async def started_trip(rider: SocketClient, driver: SocketClient) -> str:
+    """A trip the rider requested and the driver started; its id."""
+    trip = (await rider.request("trip.request", {"pick_up_address": "Station",
+                                                 "drop_off_address": "Airport"}))["data"]
+    await driver.receive("trip.updated")  # the new trip, offered to every driver
+    await driver.request("trip.update", {"id": trip["id"], "status": "STARTED"})
+    await rider.receive("trip.updated")  # the rider sees the trip start
+    trip_id: str = trip["id"]
+    return trip_id
 
 
-async def receive(ws: WebSocketClientConnection, timeout: float = 5) -> dict[str, object]:
-    """The next frame; a test fails after `timeout` seconds rather than hang."""
-    try:
-        text = await asyncio.wait_for(ws.read_message(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"no frame came within {timeout} s") from None
-    assert text is not None, f"the server closed the socket ({ws.close_code})"
-    frame: dict[str, object] = json.loads(text)
-    return frame
+async def trip_with_sockets(taxi_server: TaxiServer) -> tuple[TaxiUser, SocketClient,
+                                                             SocketClient, str]:
+    rider = await taxi_server.rider()
+    rider_socket = await rider.connect()
+    driver_socket = await (await taxi_server.driver()).connect()
+    return rider, rider_socket, driver_socket, await started_trip(rider_socket, driver_socket)
 
 
-async def ask(ws: WebSocketClientConnection, message: dict[str, object]) -> dict[str, object]:
-    await ws.write_message(json.dumps(message))
-    return await receive(ws)
+def alert(trip: str, sender: str, note: str, repeat: int = 0) -> dict[str, Any]:
+    return {"type": "sos.alert",
+            "data": {"trip": trip, "from": sender, "note": note, "repeat": repeat}}
 
 
-async def request_trip(rider: WebSocketClientConnection) -> dict[str, object]:
-    reply = await ask(rider, {"type": "trip.request", "data": {
-        "pick_up_address": "Station", "drop_off_address": "Airport"}})
-    assert reply["type"] == "trip.updated", reply
-    trip = reply["data"]
-    assert isinstance(trip, dict)
-    return trip
+async def test_driver_and_staff_hear_the_riders_sos(taxi_server: TaxiServer) -> None:
+    desk = await (await taxi_server.staff()).connect()
+    rider, rider_socket, driver_socket, trip = await trip_with_sockets(taxi_server)
+
+    reply = await rider_socket.request("sos.alert", {"trip": trip, "note": "lost"})
+
+    assert reply["type"] == "sos.sent" and reply["data"] == {"trip": trip}
+    assert await driver_socket.receive("sos.alert") == alert(trip, rider.id, "lost")
+    assert await desk.receive("sos.alert") == alert(trip, rider.id, "lost")
 
 
-async def test_driver_hears_the_riders_sos(server: Server) -> None:
-    rider_id, rider = await connect(server, "rita", "rider")
-    _, driver = await connect(server, "dave", "driver")
-    trip = await request_trip(rider)
-    assert (await receive(driver))["type"] == "trip.updated"  # the new trip, to the pool
-    await ask(driver, {"type": "trip.update", "data": {"id": trip["id"], "status": "STARTED"}})
-    assert (await receive(rider))["type"] == "trip.updated"  # the rider sees the trip start
+async def test_sos_about_another_riders_trip_is_not_found(taxi_server: TaxiServer) -> None:
+    owner = await (await taxi_server.rider()).connect()
+    trip = await owner.request("trip.request", {"pick_up_address": "A",
+                                                "drop_off_address": "B"})
+    stranger = await (await taxi_server.rider()).connect()
 
-    reply = await ask(rider, {"type": "sos.alert", "data": {"trip": trip["id"], "note": "lost"}})
+    reply = await stranger.request("sos.alert", {"trip": trip["data"]["id"]})
 
-    assert reply == {"type": "sos.sent", "data": {"trip": trip["id"]}}
-    alert = await receive(driver)
-    assert alert == {"type": "sos.alert",
-                     "data": {"trip": trip["id"], "from": rider_id, "note": "lost"}}
+    assert reply["type"] == "error" and reply["data"]["code"] == "not_found"
+    await owner.expect_nothing()
 
 
-async def test_sos_about_someone_elses_trip_is_not_found(server: Server) -> None:
-    _, rider = await connect(server, "rita", "rider")
-    trip = await request_trip(rider)  # a real trip, of another rider
-    _, stranger = await connect(server, "sam", "rider")
-    reply = await ask(stranger, {"type": "sos.alert", "data": {"trip": trip["id"]}})
-    assert reply["type"] == "error", reply
-    assert isinstance(reply["data"], dict) and reply["data"]["code"] == "not_found"
+async def test_sos_without_a_trip_is_invalid(taxi_rider: TaxiUser) -> None:
+    socket = await taxi_rider.connect()
+
+    reply = await socket.request("sos.alert", {"note": "help"})
+
+    assert reply["data"]["code"] == "invalid"
+    assert reply["data"]["errors"] == {"trip": ["This field is required."]}
+
+
+@pytest.mark.taxi_settings(plugins={"sos": {"alert_group": "drivers"}})
+async def test_alert_group_setting_chooses_who_hears_alerts(taxi_server: TaxiServer) -> None:
+    other_driver = await (await taxi_server.driver()).connect()
+    rider, rider_socket, _, trip = await trip_with_sockets(taxi_server)
+
+    await rider_socket.request("sos.alert", {"trip": trip, "note": "flat tyre"})
+
+    assert await other_driver.receive("sos.alert") == alert(trip, rider.id, "flat tyre")
+
+
+@pytest.mark.taxi_settings(plugins=FAST_REALERT)
+async def test_unanswered_alert_is_sent_again(taxi_server: TaxiServer) -> None:
+    desk = await (await taxi_server.staff()).connect()
+    rider, rider_socket, _, trip = await trip_with_sockets(taxi_server)
+
+    await rider_socket.request("sos.alert", {"trip": trip, "note": "help"})
+
+    assert await desk.receive("sos.alert") == alert(trip, rider.id, "help")
+    assert await desk.receive("sos.alert") == alert(trip, rider.id, "help", repeat=1)
+    assert await desk.receive("sos.alert") == alert(trip, rider.id, "help", repeat=2)
+
+
+@pytest.mark.taxi_settings(plugins=FAST_REALERT)
+async def test_acknowledged_alert_stops_and_the_trip_hears_it(taxi_server: TaxiServer) -> None:
+    staff = await taxi_server.staff()
+    desk = await staff.connect()
+    _, rider_socket, driver_socket, trip = await trip_with_sockets(taxi_server)
+    await rider_socket.request("sos.alert", {"trip": trip})
+    await desk.receive("sos.alert")
+
+    reply = await desk.request("sos.ack", {"trip": trip})
+
+    acknowledged = {"type": "sos.acknowledged", "data": {"trip": trip, "by": staff.id}}
+    assert {key: reply[key] for key in ("type", "data")} == acknowledged
+    assert await rider_socket.receive("sos.acknowledged") == acknowledged
+    assert await driver_socket.receive("sos.acknowledged") == acknowledged
+    await desk.expect_nothing(timeout=1.0)  # past realert_after, twice over
+
+
+async def test_only_staff_acknowledge(taxi_server: TaxiServer) -> None:
+    _, rider_socket, _, trip = await trip_with_sockets(taxi_server)
+    await rider_socket.request("sos.alert", {"trip": trip})
+
+    reply = await rider_socket.request("sos.ack", {"trip": trip})
+
+    assert reply["data"]["code"] == "forbidden"
+
+
+async def test_staff_list_open_alerts_over_http(taxi_server: TaxiServer) -> None:
+    staff = await taxi_server.staff()
+    rider, rider_socket, _, trip = await trip_with_sockets(taxi_server)
+    await rider_socket.request("sos.alert", {"trip": trip, "note": "smoke"})
+
+    response = await staff.http.get("/api/sos/alerts/")
+
+    assert response.status == 200
+    [listed] = response.json
+    assert {key: listed[key] for key in ("trip", "from", "note", "repeat")} == {
+        "trip": trip, "from": rider.id, "note": "smoke", "repeat": 0}
+    assert listed["raised"].endswith("Z")
+
+
+async def test_riders_may_not_list_alerts_and_strangers_need_a_token(
+    taxi_server: TaxiServer, taxi_rider: TaxiUser
+) -> None:
+    forbidden = await taxi_rider.http.get("/api/sos/alerts/")
+    anonymous = await taxi_server.client().get("/api/sos/alerts/")
+
+    assert forbidden.status == 403
+    assert forbidden.json == {"detail": "Only staff can see SOS alerts."}
+    assert anonymous.status == 401
+    assert anonymous.json == {"detail": "Token is invalid or expired",
+                              "code": "token_not_valid"}
