@@ -123,6 +123,7 @@ class Server:
         for task in list(services.tasks):
             await asyncio.wait([task], timeout=1)
         self.keepalive.stop()
+        services.expiry.stop()
         await services.hub.stop()
         await services.store.close()
         self._stopped.set()

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from taxi_tornado.auth import TokenAuthority
-from taxi_tornado.hub import Hub, build_broker
+from taxi_tornado.handlers.expiry import TokenExpiry
+from taxi_tornado.hub import HistoryLimits, Hub, build_broker
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
 from taxi_tornado.settings import Settings
@@ -38,6 +39,7 @@ class Services:
     sockets: set[TaxiSocket] = field(default_factory=set)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    expiry: TokenExpiry = field(default_factory=TokenExpiry)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
@@ -59,7 +61,8 @@ def build_services(settings: Settings, registry: Registry | None = None,
     return Services(
         settings=settings,
         store=open_store(settings.store_url),
-        hub=Hub(build_broker(settings.hub.url, settings.hub.prefix)),
+        hub=Hub(build_broker(settings.hub.url, settings.hub.prefix,
+                             HistoryLimits(settings.hub.history_size, settings.hub.history_ttl))),
         registry=registry,
         tokens=TokenAuthority(settings.auth),
         plugins=plugins or [],
