@@ -286,6 +286,49 @@ async def test_one_publish_per_group_send_whatever_the_member_count(
             "fan-out", "fan-out again"}
 
 
+async def test_a_group_send_with_history_is_one_round_trip_to_redis(
+    hubs: HubFactory, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    a, b = await hubs(), await hubs()
+    members = [Inbox(version=2) for _ in range(10)]
+    for n, member in enumerate(members):
+        await (a, b)[n % 2].join(member, "drivers")
+    marker = f"{prefix}-end"
+    sent_by_us, run_by_script = [], []
+    async with redis_client.monitor() as monitor:
+        for n in range(5):
+            await (a, b)[n % 2].send("drivers", message(n))
+        await redis_client.echo(marker)
+        while True:
+            seen = await monitor.next_command()
+            if marker in seen["command"]:
+                break
+            if prefix in seen["command"]:
+                (run_by_script if seen["client_type"] == "lua" else sent_by_us).append(
+                    seen["command"].split(" ")[0].upper())
+    assert sent_by_us == ["EVALSHA"] * 5, sent_by_us  # one command, one reply, per send
+    assert run_by_script.count("PUBLISH") == 5 and run_by_script.count("XADD") == 5
+    for member in members:
+        received = [await member.next() for _ in range(5)]
+        assert [event["data"] for event in received] == list(range(5))
+        offsets = [event["pos"]["offset"] for event in received]
+        assert offsets == [1, 2, 3, 4, 5]  # numbered in Redis: the same on both processes
+
+
+async def test_the_sending_process_delivers_in_offset_order_with_another_sender(
+    hubs: HubFactory,
+) -> None:
+    a, b = await hubs(), await hubs()
+    on_a, on_b = Inbox(version=2), Inbox(version=2)
+    await a.join(on_a, "trip")
+    await b.join(on_b, "trip")
+    await asyncio.gather(*(hub.send("trip", message(n)) for n in range(100)
+                           for hub in (a, b)))
+    for member in (on_a, on_b):
+        offsets = [(await member.next())["pos"]["offset"] for _ in range(200)]
+        assert offsets == list(range(1, 201))
+
+
 # --- publishing from outside -------------------------------------------------------------
 
 async def test_publish_from_another_process_reaches_every_hub(
