@@ -10,7 +10,8 @@ It does what a phone app should do, in the order docs/mobile.md gives:
   hands them over in offset order;
 - reloads its trips over HTTP (`GET /api/trip/`) when a group was not recovered, when
   it holds an unfinished trip whose group it has no position for (the rider's fresh
-  trip before anybody took it), and on its first connect;
+  trip before anybody took it), when a live event brings a new epoch, and on its first
+  connect;
 - refreshes the access token before it expires (`/api/token/refresh/`, then
   `auth.refresh` on the live socket), and at once on `auth.expired` or close 4001;
 - reconnects after a lost link with exponential backoff and full jitter, at once (to the
@@ -233,6 +234,8 @@ class MobileClient:
             known = self.positions.get(pos["group"])
             if known and known["epoch"] == pos["epoch"] and pos["offset"] <= known["offset"]:
                 return  # had it already
+            if known and known["epoch"] != pos["epoch"]:
+                self._spawn(self._reload())  # the server lost that history meanwhile
             self.positions[pos["group"]] = {"offset": pos["offset"], "epoch": pos["epoch"]}
         self._remember_trip(event)
         self.events.put_nowait(event)
