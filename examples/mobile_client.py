@@ -199,12 +199,14 @@ class MobileClient:
                                   "data": {"positions": self.positions}}))
 
     async def _resumed(self, reply: dict[str, Any], first: bool) -> None:
+        groups = reply.get("data", {}).get("groups", {})
+        lost = [group for group, result in groups.items() if not result["recovered"]]
+        for group in lost:  # the reload below stands for them; go on from the next event
+            self.positions.pop(group, None)
         held, self._held = self._held or [], None
         held.sort(key=lambda event: event["pos"]["offset"])
         for event in held:
             self._accept(event)
-        groups = reply.get("data", {}).get("groups", {})
-        lost = any(not result["recovered"] for result in groups.values())
         unplaced = any(trip["status"] not in FINAL_STATUSES and trip_id not in self.positions
                        for trip_id, trip in self.trips.items())
         if first or lost or unplaced:

@@ -179,6 +179,7 @@ async def test_redis_restarted_without_persistence_means_reload_over_http(
     event = await rider.next_event()
     assert event["data"]["status"] == "IN_PROGRESS"
     assert event["pos"]["offset"] == 1 and event["pos"]["epoch"] != pos["epoch"]
+    assert rider.reloads == 2  # it reloaded once for the lost history, not again
     await rider.stop()
 
 
