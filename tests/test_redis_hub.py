@@ -329,6 +329,22 @@ async def test_the_sending_process_delivers_in_offset_order_with_another_sender(
         assert offsets == list(range(1, 201))
 
 
+async def test_a_redis_that_forgot_the_script_still_takes_the_send(
+    hubs: HubFactory, private_redis: RedisServer
+) -> None:
+    a, b = await hubs(private_redis.url), await hubs(private_redis.url)
+    member = Inbox(version=2)
+    await b.join(member, "drivers")
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    await a.send("drivers", message("after SCRIPT FLUSH"))  # NOSCRIPT, then EVAL
+    received = await member.next()
+    assert received["data"] == "after SCRIPT FLUSH" and received["pos"]["offset"] == 1
+
+
 # --- publishing from outside -------------------------------------------------------------
 
 async def test_publish_from_another_process_reaches_every_hub(

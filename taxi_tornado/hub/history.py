@@ -64,28 +64,22 @@ class Replay:
 
 
 def replay_from(
-    position: Position,
-    epoch: str | None,
-    top: int,
-    stored: Sequence[tuple[int, float, bytes]],
-    oldest_allowed: float,
+    position: Position, epoch: str | None, top: int, kept: Sequence[tuple[int, bytes]]
 ) -> Replay | None:
     """The events after `position`, or None when the history cannot give all of them.
 
-    `epoch` and `top` are the group's current epoch and last offset; `stored` holds
-    (offset, time, payload) for the events after `position` that are still kept, oldest
-    first; events older than `oldest_allowed` no longer count.
+    `epoch` and `top` are the group's current epoch and last offset; `kept` holds
+    (offset, payload) of the events after `position` that the history still holds (at
+    most `size` of them, none older than the ttl), oldest first.
     """
     if epoch is None or epoch != position.epoch or position.offset > top:
         return None
     missed = top - position.offset
     if missed == 0:
         return Replay([])
-    if len(stored) != missed or stored[0][0] != position.offset + 1:
+    if len(kept) != missed or kept[0][0] != position.offset + 1:
         return None
-    if stored[0][1] < oldest_allowed:
-        return None
-    return Replay([(Position(offset, epoch), payload) for offset, _, payload in stored])
+    return Replay([(Position(offset, epoch), payload) for offset, payload in kept])
 
 
 def with_position(payload: bytes, group: str, position: Position) -> bytes | None:
@@ -154,8 +148,9 @@ class MemoryHistory:
         if history is None:
             return None
         oldest_allowed = time.monotonic() - self.limits.ttl
-        stored = [event for event in history.events if event[0] > position.offset]
-        return replay_from(position, history.epoch, history.offset, stored, oldest_allowed)
+        kept = [(offset, payload) for offset, at, payload in history.events
+                if offset > position.offset and at >= oldest_allowed]
+        return replay_from(position, history.epoch, history.offset, kept)
 
     def _sweep(self, now: float) -> None:
         events_cutoff = now - self.limits.ttl

@@ -431,14 +431,18 @@ class RedisBroker(Broker):
                     waiter.set_result(False)
 
     async def _reset_publisher(self) -> None:
-        """A new link means Redis may have restarted: never PUBLISH on a dead socket."""
+        """A new link means Redis may have restarted: never PUBLISH on a dead socket, and
+        load the history script again, so that even the first send is one EVALSHA."""
         async with self._publish_lock:
             if self._publisher is not None:
                 await self._publisher.disconnect(nowait=True)
-            self._publisher = self._connection()
+            conn = self._publisher = self._connection()
             with contextlib.suppress(*LINK_ERRORS):
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await _connect(self._publisher)
+                    await _connect(conn)
+                    if self.history is not None:
+                        await conn.send_command("SCRIPT", "LOAD", APPEND)
+                        await conn.read_response()
 
     def _link_up(self, groups: int) -> None:
         self._up = True

@@ -10,6 +10,11 @@ appends the event, and publishes it as a taxi2 message carrying that offset, so 
 publish order is the numbering order on every subscribed process. A meta hash that is
 gone (Redis restarted without persistence, flushed, or the group silent past META_TTL)
 starts a new epoch (the candidate the caller sends) and offsets start again from 1.
+
+READ answers a resume for several groups in one round trip and one snapshot. It returns
+three strings per group (epoch, last offset, and the kept events after the client's
+offset as `<offset> <length>\\n<payload>` one after the other) rather than the stream's
+entries: parsing a hundred entries field by field cost the process several milliseconds.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay, new_epoch, replay_from
 
@@ -44,6 +50,33 @@ return {offset, epoch, receivers}
 """
 APPEND_SHA = hashlib.sha1(APPEND.encode()).hexdigest()
 
+# KEYS: meta and stream of each group in turn. ARGV: the offset to read after, per group,
+# then the history's size and ttl in ms. Returns {epoch, offset, events} per group.
+READ = """
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  - tonumber(ARGV[#ARGV])
+local size = ARGV[#ARGV - 1]
+local out = {}
+for i = 1, #KEYS, 2 do
+  local meta = redis.call('HMGET', KEYS[i], 'epoch', 'offset')
+  local start = (tonumber(ARGV[(i + 1) / 2]) + 1) .. '-0'
+  local parts = {}
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[i + 1], start, '+', 'COUNT', size)) do
+    local fields = entry[2]
+    if tonumber(fields[2]) >= cutoff then
+      local payload = fields[4]
+      parts[#parts + 1] = string.match(entry[1], '^%d+') .. ' ' .. string.len(payload)
+        .. '\\n' .. payload
+    end
+  end
+  out[#out + 1] = meta[1] or ''
+  out[#out + 1] = meta[2] or '0'
+  out[#out + 1] = table.concat(parts)
+end
+return out
+"""
+
 
 class RedisHistory:
     """Keys, the append command and the replay read for one deployment's prefix."""
@@ -55,6 +88,7 @@ class RedisHistory:
         self._size = str(limits.size)
         self._ttl_ms = str(math.ceil(limits.ttl * 1000))
         self._meta_ttl_ms = str(math.ceil(limits.meta_ttl * 1000))
+        self._read: AsyncScript | None = None
 
     def append_arguments(
         self, group: str, channel: str, header: bytes, payload: bytes
@@ -66,26 +100,31 @@ class RedisHistory:
     async def since(
         self, client: Redis, positions: Mapping[str, Position]
     ) -> dict[str, Replay | None]:
-        """Every group's replay, read in one MULTI (one round trip, one snapshot)."""
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.time()
-            for group, position in positions.items():
-                pipe.hmget(self._meta + group, "epoch", "offset")
-                pipe.xrange(self._stream + group, min=f"{position.offset + 1}-0",
-                            count=self.limits.size)
-            results = await pipe.execute()
-        seconds, microseconds = results[0]
-        oldest_allowed = seconds * 1000 + microseconds // 1000 - self.limits.ttl * 1000
+        """Every group's replay, read with one script call (one round trip, one snapshot)."""
+        keys: list[str] = []
+        for group in positions:
+            keys += (self._meta + group, self._stream + group)
+        arguments = [position.offset for position in positions.values()]
+        if self._read is None:
+            self._read = client.register_script(READ)  # EVALSHA; EVAL again on NOSCRIPT
+        results = await self._read(keys=keys, args=[*arguments, self._size, self._ttl_ms],
+                                   client=client)
         replays: dict[str, Replay | None] = {}
         for index, (group, position) in enumerate(positions.items()):
-            (epoch, top), entries = results[1 + 2 * index], results[2 + 2 * index]
-            stored = [(_offset(entry_id), int(fields[b"t"]), fields[b"p"])
-                      for entry_id, fields in entries]
-            replays[group] = replay_from(
-                position, epoch.decode() if epoch else None, int(top or 0), stored,
-                oldest_allowed)
+            epoch, top, events = results[3 * index:3 * index + 3]
+            replays[group] = replay_from(position, epoch.decode() or None, int(top),
+                                         _events(events))
         return replays
 
 
-def _offset(entry_id: bytes) -> int:
-    return int(entry_id.partition(b"-")[0])
+def _events(blob: bytes) -> list[tuple[int, bytes]]:
+    """The (offset, payload) pairs READ wrote as `<offset> <length>\\n<payload>`..."""
+    events = []
+    at = 0
+    while at < len(blob):
+        newline = blob.index(b"\n", at)
+        offset, length = blob[at:newline].split(b" ")
+        end = newline + 1 + int(length)
+        events.append((int(offset), blob[newline + 1:end]))
+        at = end
+    return events
