@@ -117,8 +117,20 @@ class Connection:
             if waiting is not None:
                 waiting.append((position, frame))
                 return
-        self._mark_received(group, position, position)
-        self.deliver(frame)
+        # Per group member and send: _mark_received and deliver, inlined.
+        received = self._received
+        if received is None:
+            received = self._received = {}
+        span = received.get(group)
+        if span is None or span[1].epoch != position.epoch:
+            received[group] = [position, position]
+        else:
+            span[1] = position
+        transport = self._transport
+        if transport is None:
+            self.deliver(frame)
+        else:
+            transport.write_frame(frame)
 
     def _mark_received(self, group: str, first: Position, last: Position) -> None:
         received = self._received
