@@ -183,6 +183,8 @@ class Connection:
 
     async def leave(self, group: str) -> None:
         self.groups.discard(group)
+        if self._received:
+            self._received.pop(group, None)
         await self.hub.leave(self, group)
 
     async def send_group(

@@ -57,6 +57,7 @@ async def test_driver_hears_the_riders_sos(server: Server) -> None:
 
     assert reply == {"type": "sos.sent", "data": {"trip": trip["id"]}}
     alert = json.loads(await driver.read_message() or "null")
+    assert alert.pop("pos")["group"] == trip["id"]  # a v2 event: its place in the trip's group
     assert alert == {"type": "sos.alert",
                      "data": {"trip": trip["id"], "from": rider_id, "note": "lost"}}
 
