@@ -1,6 +1,7 @@
 """Fan-out across two server processes sharing a Redis hub (run by hand, not by the tests).
 
-    python -m bench.cluster_fanout [-n 1000] [-k 20] [--timeout 10]
+    python -m bench.cluster_fanout [-n 1000] [-k 20] [--timeout 10] [--v2]
+                                   [--history-size 100] [--compare-history]
 
 Starts a private redis-server on a free port (no persistence) and two
 `python -m taxi_tornado serve` processes sharing it, one temporary data dir and one
@@ -15,8 +16,17 @@ timeout passes. Prints one JSON line:
 - `lost`: deliveries that never arrived (N * K expected);
 - `redis_publish_per_send`: the PUBLISH calls Redis counted (INFO commandstats delta on
   the private redis-server) divided by K; the hub's contract is 1.0 whatever N is;
-- `redis_commands_per_send`: every command Redis counted in that window, divided by K
-  (adds the SUBSCRIBE that puts the rider in each new trip's group).
+- `redis_round_trips_per_send`: the commands the servers sent for the group sends
+  (EVALSHA and EVAL of the history script; PUBLISH when history is off) divided by K:
+  the contract is 1.0 (the script's own XADD, HINCRBY, PUBLISH… run inside Redis);
+- `redis_commands_per_send`: every command Redis counted in that window, divided by K,
+  the script's inner commands included (adds the SUBSCRIBE that puts the rider in each
+  new trip's group).
+
+`--history-size 0` runs the servers without history (no positions, one PUBLISH per
+send); `--compare-history` runs history on and off alternately, `--rounds` times each,
+and prints a last line with the medians and the ratio on/off. `--v2` opens the drivers
+with the taxi.v2 subprotocol (their events carry `pos`).
 
 Time is `time.monotonic()` in this one client process; the client shares the machine's
 cores with both servers and Redis, so the figures are an upper bound.
@@ -42,6 +52,7 @@ from urllib.request import Request, urlopen
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
 
 from bench.target import free_port, raise_fd_limit
 
@@ -56,23 +67,53 @@ def main() -> None:
     parser.add_argument("-k", "--sends", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for every driver to receive one request")
+    parser.add_argument("--history-size", type=int, default=100,
+                        help="the servers' hub.history_size (0 = history off)")
+    parser.add_argument("--compare-history", action="store_true",
+                        help="history on (--history-size) against off, alternately")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare-history")
+    parser.add_argument("--v2", action="store_true", help="the drivers speak taxi.v2")
     args = parser.parse_args()
     raise_fd_limit()
-    with tempfile.TemporaryDirectory(prefix="taxi-cluster-bench-") as tmp:
-        result = Cluster(Path(tmp)).run(args.drivers, args.sends, args.timeout)
-    print(json.dumps(result))
+    sizes = [args.history_size] if not args.compare_history else \
+        [size for _ in range(args.rounds) for size in (args.history_size, 0)]
+    results = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="taxi-cluster-bench-") as tmp:
+            result = Cluster(Path(tmp), size).run(args.drivers, args.sends, args.timeout,
+                                                  args.v2)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    if args.compare_history:
+        print(json.dumps(compare_history(results)))
+
+
+def compare_history(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the last driver's p50/p99 with history on and off, and on/off."""
+    median: dict[str, dict[str, float]] = {}
+    for label, on in (("history_on", True), ("history_off", False)):
+        runs = [r for r in results if (r["history_size"] > 0) == on]
+        median[label] = {
+            figure: round(statistics.median(r["last_driver_ms"][figure] for r in runs), 2)
+            for figure in ("p50", "p99")}
+    return {"scenario": "cluster_fanout", "summary": True, "median": median,
+            "ratio_on_off": {figure: round(median["history_on"][figure]
+                                           / median["history_off"][figure], 3)
+                             for figure in ("p50", "p99")}}
 
 
 class Cluster:
     """A private Redis and two server processes in `directory`; run() cleans them up."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, history_size: int = 100) -> None:
         self.directory = directory
+        self.history_size = history_size
         self.redis_port = free_port()
         self.ports = [free_port(), free_port()]
         self.children: list[subprocess.Popen[bytes]] = []
 
-    def run(self, drivers: int, sends: int, timeout: float) -> dict[str, Any]:
+    def run(self, drivers: int, sends: int, timeout: float, v2: bool = False
+            ) -> dict[str, Any]:
         try:
             self.start_redis()
             env = self.env()
@@ -83,7 +124,7 @@ class Cluster:
             rider_token = log_in(self.ports[0], rider)
             driver_token = log_in(self.ports[1], driver)
             return asyncio.run(fan_out(self, rider_token, driver_token, drivers, sends,
-                                       timeout))
+                                       timeout, v2))
         finally:
             for child in reversed(self.children):
                 child.terminate()
@@ -101,6 +142,7 @@ class Cluster:
             "TAXI_AUTH_SECRET_KEY": SECRET,
             "TAXI_HUB_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "TAXI_HUB_PREFIX": PREFIX,
+            "TAXI_HUB_HISTORY_SIZE": str(self.history_size),
             "TAXI_LOG_LEVEL": "warning",
         }
 
@@ -123,20 +165,32 @@ class Cluster:
 
     def publish_calls(self) -> tuple[int, int]:
         """(PUBLISH calls, all calls) from INFO commandstats."""
-        publish = total = 0
-        for line in redis_command(self.redis_port, "INFO", "commandstats").splitlines():
-            if not line.startswith("cmdstat_"):
-                continue
-            name, _, fields = line.partition(":")
-            calls = int(fields.split(",")[0].split("=")[1])
-            total += calls
-            if name == "cmdstat_publish":
-                publish = calls
-        return publish, total
+        calls = self.command_calls()
+        return calls.get("publish", 0), sum(calls.values())
+
+    def command_calls(self) -> dict[str, int]:
+        """Calls per command from INFO commandstats (`publish`, `evalsha`, ...)."""
+        return command_calls(self.redis_port)
+
+
+def command_calls(port: int) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    for line in redis_command(port, "INFO", "commandstats").splitlines():
+        if not line.startswith("cmdstat_"):
+            continue
+        name, _, fields = line.partition(":")
+        calls[name.removeprefix("cmdstat_")] = int(fields.split(",")[0].split("=")[1])
+    return calls
+
+
+def round_trips(before: dict[str, int], after: dict[str, int], history: bool) -> int:
+    """The commands a server sends for group sends: the history script, or PUBLISH."""
+    names = ("evalsha", "eval") if history else ("publish",)
+    return sum(after.get(name, 0) - before.get(name, 0) for name in names)
 
 
 async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers: int,
-                  sends: int, timeout: float) -> dict[str, Any]:
+                  sends: int, timeout: float, v2: bool) -> dict[str, Any]:
     received: dict[int, list[float]] = {k: [] for k in range(sends)}
     everyone = asyncio.Event()
     expected = drivers
@@ -154,7 +208,8 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
             port = cluster.ports[n % 2]
             return await websockets.connect(
                 f"ws://127.0.0.1:{port}/taxi/?token={driver_token}",
-                subprotocols=None, compression=None, max_queue=None, ping_interval=None)
+                subprotocols=[Subprotocol("taxi.v2")] if v2 else None, compression=None,
+                max_queue=None, ping_interval=None)
 
     sockets = await asyncio.gather(*(open_driver(n) for n in range(drivers)))
     readers = [asyncio.ensure_future(read_trips(ws, on_trip)) for ws in sockets]
@@ -162,6 +217,7 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
                                      f"?token={rider_token}", compression=None,
                                      ping_interval=None)
     sent_at: list[float] = []
+    calls_before = cluster.command_calls()
     publish_before, total_before = cluster.publish_calls()
     for k in range(sends):
         everyone.clear()
@@ -173,6 +229,7 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(everyone.wait(), timeout)
     publish_after, total_after = cluster.publish_calls()
+    calls_after = cluster.command_calls()
     for reader in readers:
         reader.cancel()
     await asyncio.gather(*(ws.close() for ws in [*sockets, rider]), return_exceptions=True)
@@ -182,12 +239,16 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
     return {
         "scenario": "cluster_fanout",
         "processes": 2,
+        "history_size": cluster.history_size,
+        "v2": v2,
         "drivers": drivers,
         "sends": sends,
         "last_driver_ms": summary(last),
         "delivery_ms": summary(each),
         "lost": drivers * sends - len(each),
         "redis_publish_per_send": (publish_after - publish_before) / sends,
+        "redis_round_trips_per_send": round_trips(calls_before, calls_after,
+                                                  cluster.history_size > 0) / sends,
         "redis_commands_per_send": (total_after - total_before - 1) / sends,
     }
 

@@ -6,6 +6,12 @@
     python -m bench.loadgen location [-m 1000] [-d 15]
     python -m bench.loadgen serve    [-n 5000] --tokens-out FILE   (for the shared wsbench)
 
+`--v2` opens the drivers' sockets with the taxi.v2 subprotocol (fanout, connect): their
+group events then carry `pos`, and each has a token expiry to watch. `--versus
+KEY=VALUE` compares taxi_tornado with itself run with that setting, in the same sitting,
+instead of with the baseline: `fanout --v2 --versus TAXI_HUB_HISTORY_SIZE=0` is history
+on against history off.
+
 Each run sets up its own server (bench/target.py: fresh data dir, users, tokens, a
 subprocess on a free port), runs the scenario from client worker processes (`--procs`,
 default 1), and prints one JSON line; with `--target both` the baseline and taxi_tornado
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     scenario = SCENARIOS[args.scenario]
     population = prepare(**scenario.population(args))
     kinds = ["baseline", "taxi"] if args.target == "both" else [args.target]
+    if args.versus:
+        kinds = ["versus", "taxi"]
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     try:
         for round_no in range(args.repeat):
@@ -92,6 +100,10 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                      help="extra environment for the taxi_tornado server, e.g. "
                      "TAXI_LOG_LEVEL=warning")
+    top.add_argument("--versus", action="append", default=[], metavar="KEY=VALUE",
+                     help="compare with taxi_tornado run with this setting (not the baseline)")
+    top.add_argument("--v2", action="store_true",
+                     help="fanout/connect: the drivers speak taxi.v2")
     top.add_argument("--py-spy", metavar="FILE",
                      help="profile the taxi_tornado server with py-spy (collapsed stacks)")
     top.add_argument("-c", type=int, default=50, help="echo: clients")
@@ -117,8 +129,10 @@ def note(text: str) -> None:
 
 def run_once(scenario: Scenario, kind: str, population: Population,
              args: argparse.Namespace) -> dict[str, Any]:
-    extra = dict(item.split("=", 1) for item in args.server_env) if kind == "taxi" else {}
-    target = Target(kind, population, extra)
+    extra = dict(item.split("=", 1) for item in args.server_env) if kind != "baseline" else {}
+    if kind == "versus":
+        extra.update(item.split("=", 1) for item in args.versus)
+    target = Target("baseline" if kind == "baseline" else "taxi", population, extra)
     target.start()
     profiler = None
     if args.py_spy and kind == "taxi":
@@ -136,7 +150,8 @@ def run_once(scenario: Scenario, kind: str, population: Population,
         target.stop()
     return {"tool": "bench.loadgen", "scenario": scenario.name, "target": kind,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "params": scenario.params(args), "procs": args.procs,
+            "params": {**scenario.params(args), "v2": args.v2, "server_env": extra},
+            "procs": args.procs,
             "uvloop": not args.no_uvloop, "result": result}
 
 
@@ -277,6 +292,10 @@ class Worker:
 
         await asyncio.gather(*(dialer() for _ in range(max(1, parallel))))
         return clients, latencies, errors
+
+
+def _subprotocol(options: dict[str, Any]) -> str | None:
+    return "taxi.v2" if options.get("v2") else None
 
 
 def _cpu() -> float:
@@ -440,7 +459,7 @@ class FanoutWorker(Worker):
     async def open(self) -> dict[str, Any]:
         began = time.monotonic()
         self.clients, _, errors = await self.dial(self.share["drivers"], self.on_frame,
-                                                 self.options["p"])
+                                                 self.options["p"], _subprotocol(self.options))
         dial_s = time.monotonic() - began
         self.live = [client for client in self.clients if client is not None]
         for number, client in enumerate(self.live):
@@ -563,7 +582,8 @@ class Connect(Scenario):
 class ConnectWorker(Worker):
     async def go(self, start: int) -> dict[str, Any]:
         self.clients, latencies, errors = await self.dial(
-            self.share["drivers"], lambda client, payload: None, self.share["parallel"])
+            self.share["drivers"], lambda client, payload: None, self.share["parallel"],
+            _subprotocol(self.options))
         end = time.monotonic_ns()
         live = [client for client in self.clients if client is not None]
         self.live = live
@@ -706,9 +726,10 @@ def compare(name: str, figures: tuple[str, ...],
             numbers = [value for value in values if isinstance(value, int | float)]
             median[kind][figure] = round(statistics.median(numbers), 3) if numbers else None
     ratio: dict[str, Any] = {}
-    if "taxi" in median and "baseline" in median:
+    other = "versus" if "versus" in median else "baseline"
+    if "taxi" in median and other in median:
         for figure in figures:
-            ours, theirs = median["taxi"][figure], median["baseline"][figure]
+            ours, theirs = median["taxi"][figure], median[other][figure]
             ratio[figure] = round(ours / theirs, 3) if ours is not None and theirs else None
     return {"tool": "bench.loadgen", "scenario": name, "summary": True,
             "rounds": max(len(lines) for lines in runs.values()), "median": median,

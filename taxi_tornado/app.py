@@ -152,6 +152,7 @@ class Server:
             await asyncio.wait([task], timeout=1)
         await services.plugin_tasks.shut_down()
         self.keepalive.stop()
+        services.expiry.stop()
         await services.hub.stop()
         await services.store.close()
         self._stopped.set()

@@ -181,11 +181,17 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
-def token_from_request(authorization: str | None, query_token: str | None) -> str | None:
-    """The access token of a request: `Authorization: Bearer …` or `?token=…`."""
+def token_from_request(
+    authorization: str | None, query_token: str | None, subprotocol_token: str | None = None
+) -> str | None:
+    """The access token of a request: `Authorization: Bearer …`, else the socket's
+    `bearer.<token>` subprotocol, else `?token=…`. The first place given wins, even with
+    a bad token: no fall-back."""
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
         return None
+    if subprotocol_token is not None:
+        return subprotocol_token or None
     return query_token or None

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from taxi_tornado.auth import TokenAuthority
-from taxi_tornado.hub import Hub, build_broker
+from taxi_tornado.handlers.expiry import TokenExpiry
+from taxi_tornado.hub import HistoryLimits, Hub, build_broker
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
 from taxi_tornado.plugins.tasks import PluginTasks
@@ -41,6 +42,7 @@ class Services:
     sockets: set[TaxiSocket] = field(default_factory=set)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    expiry: TokenExpiry = field(default_factory=TokenExpiry)
     auth_rate: AddressRateLimit = field(init=False)  # log-in, sign-up and refresh
 
     def __post_init__(self) -> None:
@@ -64,7 +66,8 @@ def build_services(settings: Settings, registry: Registry | None = None,
     if registry is None:
         registry, plugins = load_plugins(settings=settings.plugins)
     store = open_store(settings.store_url)
-    hub = Hub(build_broker(settings.hub.url, settings.hub.prefix))
+    hub = Hub(build_broker(settings.hub.url, settings.hub.prefix,
+                           HistoryLimits(settings.hub.history_size, settings.hub.history_ttl)))
     return Services(
         settings=settings,
         store=store,

@@ -57,6 +57,7 @@ class AuthSettings:
     refresh_ttl: int = 86400
     user_id_claim: str = "id"
     leeway: int = 30
+    refresh_grace: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class HubSettings:
     url: str = "memory://"
     api_key: str = ""
     prefix: str = "taxi"
+    history_size: int = 100
+    history_ttl: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -336,6 +339,9 @@ def _validate(s: Settings) -> None:
         (s.hub.url.startswith(HUB_SCHEMES),
          f"hub.url: must start with one of {', '.join(HUB_SCHEMES)}, got {s.hub.url!r}"),
         (bool(s.hub.prefix), "hub.prefix: must not be empty"),
+        (0 <= s.hub.history_size <= 10000, "hub.history_size: must be from 0 to 10000"),
+        (s.hub.history_ttl > 0, "hub.history_ttl: must be a positive number of seconds"),
+        (s.auth.refresh_grace >= 0, "auth.refresh_grace: must not be negative"),
         (not s.store.url or s.store.url.startswith(STORE_SCHEMES),
          f"store.url: must start with one of {', '.join(STORE_SCHEMES)}, got {s.store.url!r}"),
         (s.media.max_photo_bytes > 0, "media.max_photo_bytes: must be positive"),

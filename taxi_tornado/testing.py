@@ -205,12 +205,18 @@ class SocketClient:
 
     Frames that arrive while the client waits for another one are kept, in order, for
     the next `receive()`; `expect_nothing()` fails if any is left unread.
+
+    Group events reach v2 sockets with their place in the group's history (`pos`). The
+    client takes it off, so an event compares equal to the message a plugin sent, and
+    keeps the last one per group in `positions`: what a phone would send in
+    `session.resume` after a reconnect.
     """
 
     def __init__(self, ws: WebSocketClientConnection, version: int) -> None:
         self.version = version
         self._ws = ws
         self._unread: list[dict[str, Any]] = []
+        self.positions: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -311,6 +317,10 @@ class SocketClient:
             self._closed = True
             return None
         frame: dict[str, Any] = orjson.loads(text)
+        pos = frame.pop("pos", None) if isinstance(frame, dict) else None
+        if isinstance(pos, dict) and isinstance(pos.get("group"), str):
+            self.positions[pos["group"]] = {"offset": pos.get("offset"),
+                                            "epoch": pos.get("epoch")}
         return frame
 
     def _closed_by(self) -> str:

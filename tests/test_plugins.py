@@ -198,8 +198,12 @@ async def test_example_plugin_end_to_end(server: RunningServer) -> None:
     assert reply == {"type": "sos.sent", "data": {"trip": trip["id"]}, "id": 5}
     alert = {"type": "sos.alert", "data": {"trip": trip["id"], "from": rider.id,
                                            "note": "help", "repeat": 0}}
-    assert await driver_ws.receive() == alert
-    assert await staff_ws.receive() == alert
+    driver_event = await driver_ws.receive()
+    assert driver_event.pop("pos")["group"] == trip["id"]  # v2 events carry their position
+    assert driver_event == alert
+    staff_event = await staff_ws.receive()
+    assert staff_event.pop("pos")["group"] == "sos"  # the plugin's alert group
+    assert staff_event == alert
     _, stranger_token = await server.user("stranger")
     stranger = await server.connect(stranger_token)
     refused = await stranger.request({"type": "sos.alert", "data": {"trip": trip["id"]}})

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from taxi_tornado.hub import (
     Hub,
+    Position,
     RedisBroker,
     build_broker,
     parse_wire_message,
@@ -41,6 +42,9 @@ class Inbox:
         self.frames: asyncio.Queue[bytes] = asyncio.Queue()
 
     def deliver(self, frame: bytes) -> None:
+        self.frames.put_nowait(frame)
+
+    def deliver_event(self, frame: bytes, group: str, position: Position) -> None:
         self.frames.put_nowait(frame)
 
     async def next(self, timeout: float = 5) -> Any:
@@ -180,8 +184,9 @@ async def test_min_version_is_honoured_on_the_other_process(hubs: HubFactory) ->
     await b.join(new, "drivers")
     await a.send("drivers", message("v2 only"), min_version=2)
     await a.send("drivers", message("barrier"))
-    assert await new.next() == message("v2 only")
-    assert await new.next() == message("barrier")
+    first, second = await new.next(), await new.next()
+    assert first.pop("pos")["offset"] + 1 == second.pop("pos")["offset"]  # v2: positions
+    assert (first, second) == (message("v2 only"), message("barrier"))
     assert await old.next() == message("barrier")
     assert old.pending() == []
 
@@ -279,6 +284,65 @@ async def test_one_publish_per_group_send_whatever_the_member_count(
     for member in members:
         assert {(await member.next())["data"], (await member.next())["data"]} == {
             "fan-out", "fan-out again"}
+
+
+async def test_a_group_send_with_history_is_one_round_trip_to_redis(
+    hubs: HubFactory, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    a, b = await hubs(), await hubs()
+    members = [Inbox(version=2) for _ in range(10)]
+    for n, member in enumerate(members):
+        await (a, b)[n % 2].join(member, "drivers")
+    marker = f"{prefix}-end"
+    sent_by_us, run_by_script = [], []
+    async with redis_client.monitor() as monitor:
+        for n in range(5):
+            await (a, b)[n % 2].send("drivers", message(n))
+        await redis_client.echo(marker)
+        while True:
+            seen = await monitor.next_command()
+            if marker in seen["command"]:
+                break
+            if prefix in seen["command"]:
+                (run_by_script if seen["client_type"] == "lua" else sent_by_us).append(
+                    seen["command"].split(" ")[0].upper())
+    assert sent_by_us == ["EVALSHA"] * 5, sent_by_us  # one command, one reply, per send
+    assert run_by_script.count("PUBLISH") == 5 and run_by_script.count("XADD") == 5
+    for member in members:
+        received = [await member.next() for _ in range(5)]
+        assert [event["data"] for event in received] == list(range(5))
+        offsets = [event["pos"]["offset"] for event in received]
+        assert offsets == [1, 2, 3, 4, 5]  # numbered in Redis: the same on both processes
+
+
+async def test_the_sending_process_delivers_in_offset_order_with_another_sender(
+    hubs: HubFactory,
+) -> None:
+    a, b = await hubs(), await hubs()
+    on_a, on_b = Inbox(version=2), Inbox(version=2)
+    await a.join(on_a, "trip")
+    await b.join(on_b, "trip")
+    await asyncio.gather(*(hub.send("trip", message(n)) for n in range(100)
+                           for hub in (a, b)))
+    for member in (on_a, on_b):
+        offsets = [(await member.next())["pos"]["offset"] for _ in range(200)]
+        assert offsets == list(range(1, 201))
+
+
+async def test_a_redis_that_forgot_the_script_still_takes_the_send(
+    hubs: HubFactory, private_redis: RedisServer
+) -> None:
+    a, b = await hubs(private_redis.url), await hubs(private_redis.url)
+    member = Inbox(version=2)
+    await b.join(member, "drivers")
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    await a.send("drivers", message("after SCRIPT FLUSH"))  # NOSCRIPT, then EVAL
+    received = await member.next()
+    assert received["data"] == "after SCRIPT FLUSH" and received["pos"]["offset"] == 1
 
 
 # --- publishing from outside -------------------------------------------------------------

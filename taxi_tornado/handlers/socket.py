@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("taxi_tornado.socket")
 
 SUBPROTOCOL_V2 = "taxi.v2"
+# `bearer.<access JWT>` offered beside taxi.v2 carries the token out of URLs and logs.
+BEARER_SUBPROTOCOL = "bearer."
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
@@ -60,8 +62,15 @@ class TaxiSocket(WebSocketHandler):
         if services.draining:
             self._refuse(503, {"detail": "The server is shutting down."}, "draining")
             return
+        offered = self._offered_subprotocols()
+        bearer = next((item for item in offered if item.startswith(BEARER_SUBPROTOCOL)), None)
+        if bearer is not None and SUBPROTOCOL_V2 not in offered:
+            self._refuse(400, {"detail": "A bearer. subprotocol needs taxi.v2 beside it."},
+                         "bearer_without_v2")
+            return
         token = token_from_request(
-            self.request.headers.get("Authorization"), self.get_query_argument("token", None)
+            self.request.headers.get("Authorization"), self.get_query_argument("token", None),
+            bearer[len(BEARER_SUBPROTOCOL):] if bearer is not None else None,
         )
         try:
             claims = services.tokens.verify(token)
@@ -82,9 +91,11 @@ class TaxiSocket(WebSocketHandler):
             self._refuse(429, {"detail": f"Too many open sockets for this user (at most "
                                          f"{limit} on one server)."}, "sockets_per_user")
             return
-        version = 2 if SUBPROTOCOL_V2 in self._offered_subprotocols() else 1
+        version = 2 if SUBPROTOCOL_V2 in offered else 1
         conn = Connection(user, version, services.hub, services.store, services.settings,
                           base_url(self.request, services.settings.server))
+        if version >= 2:  # v1 stays authenticated until it closes, as in the seed app
+            conn.expires = float(claims["exp"])
         self.connection = conn
         await conn.join(f"user:{user.id}")
         for plugin, hook in services.registry.connect_hooks:
@@ -127,6 +138,7 @@ class TaxiSocket(WebSocketHandler):
                                    self._too_slow)
         self.services.sockets.add(self)
         conn.attach(self)
+        self.services.expiry.watch(self)
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_OPENED.inc()
         log.info("socket open user=%s remote=%s version=%s", conn.user.id,

@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar
 
 from taxi_tornado.frames import DecodeError, decode, message_frame
-from taxi_tornado.hub import Hub
+from taxi_tornado.hub import Hub, Position
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import Store, User
 
@@ -92,13 +92,14 @@ class Connection:
     """One authenticated client socket, as plugins see it.
 
     `user` is who opened it; `version` the protocol version it speaks (1 or 2); `hub`,
-    `store` and `settings` are the server's. Frames sent before the socket is open are
-    held and written when it opens.
+    `store` and `settings` are the server's; `expires` when its access token expires
+    (Unix time; None for v1, which stays authenticated until it closes). Frames sent
+    before the socket is open are held and written when it opens.
     """
 
     # Thousands of these live at once: slots keep each about half a kilobyte smaller.
-    __slots__ = ("_pending", "_transport", "base_url", "groups", "hub", "id", "settings",
-                 "state", "store", "user", "version")
+    __slots__ = ("_held", "_pending", "_received", "_transport", "base_url", "expires",
+                 "groups", "hub", "id", "settings", "state", "store", "user", "version")
 
     def __init__(
         self,
@@ -118,8 +119,13 @@ class Connection:
         self.base_url = base_url
         self.groups: set[str] = set()
         self.state: dict[str, Any] = {}  # free for plugins, keyed by plugin name
+        self.expires: float | None = None
         self._transport: Transport | None = None
         self._pending: list[bytes] | None = None  # made by the first early frame
+        # Per group, the first and last position received live (v2), made by the first
+        # event; and the events held back while a resume replays the group.
+        self._received: dict[str, list[Position]] | None = None
+        self._held: dict[str, list[tuple[Position, bytes]]] | None = None
 
     def attach(self, transport: Transport) -> None:
         """Bind the open socket and flush what was sent before it opened."""
@@ -137,6 +143,71 @@ class Connection:
             return
         transport.write_frame(frame)
 
+    def deliver_event(self, frame: bytes, group: str, position: Position) -> None:
+        """A group send carrying `position`: written, or held while a resume replays
+        `group`; either way remembered, so that a resume does not send it twice."""
+        held = self._held
+        if held is not None:
+            waiting = held.get(group)
+            if waiting is not None:
+                waiting.append((position, frame))
+                return
+        # Per group member and send: _mark_received and deliver, inlined.
+        received = self._received
+        if received is None:
+            received = self._received = {}
+        span = received.get(group)
+        if span is None or span[1].epoch != position.epoch:
+            received[group] = [position, position]
+        else:
+            span[1] = position
+        transport = self._transport
+        if transport is None:
+            self.deliver(frame)
+        else:
+            transport.write_frame(frame)
+
+    def _mark_received(self, group: str, first: Position, last: Position) -> None:
+        received = self._received
+        if received is None:
+            received = self._received = {}
+        span = received.get(group)
+        if span is None or span[1].epoch != last.epoch:
+            received[group] = [first, last]
+        else:
+            span[1] = last
+
+    def received(self, group: str) -> tuple[Position, Position] | None:
+        """The first and last position of `group` that this connection received, in the
+        latest epoch it saw; None before the first."""
+        span = self._received.get(group) if self._received else None
+        return (span[0], span[1]) if span else None
+
+    def hold(self, group: str) -> None:
+        """Keep `group`'s events back (a resume is reading its history) until release()."""
+        if self._held is None:
+            self._held = {}
+        self._held.setdefault(group, [])
+
+    def release(self, group: str, through: Position | None) -> None:
+        """Stop holding `group` and write the held events, in order, but those up to
+        `through`: the last position the client holds now that a resume replayed the
+        group (None when it was not recovered)."""
+        waiting = self._held.pop(group, []) if self._held else []
+        if not self._held:
+            self._held = None
+        if through is not None:
+            span = self.received(group)
+            if span is None or span[1].epoch != through.epoch:
+                self._mark_received(group, through, through)
+            elif span[1].offset < through.offset:
+                self._mark_received(group, span[0], through)
+        span = self.received(group)
+        for position, frame in waiting:
+            if span and span[1].epoch == position.epoch and position.offset <= span[1].offset:
+                continue  # the resume sent it already
+            self.deliver_event(frame, group, position)
+
     def send(self, message: dict[str, Any]) -> None:
         """Send one message to this connection only."""
         self.deliver(message_frame(message))
@@ -147,6 +218,8 @@ class Connection:
 
     async def leave(self, group: str) -> None:
         self.groups.discard(group)
+        if self._received:
+            self._received.pop(group, None)
         await self.hub.leave(self, group)
 
     async def send_group(

@@ -1,50 +1,54 @@
-"""Groups of connections, local delivery, and the brokers that relay between processes.
+"""The Redis broker: group sends between processes over Redis pub/sub, with history.
 
-A group send encodes the message once, wraps it in one WebSocket frame, and hands those
-same bytes to every local member; the broker then publishes the payload once so that
-every other process does the same for its own members. Groups live in the process that
-holds the connections; a process subscribes to a group's broker channel while it has a
-member in it.
+One channel per group; a process subscribes to a group's channel while it has a member
+in it. With history on (hub.history_size > 0) a group send is one EVALSHA of the history
+script (hub/redis_history.py), which numbers the send, appends it to the group's stream
+and publishes it: still one round trip to Redis. Every process, the sender's included,
+then delivers it from its subscription, so members everywhere get a group's sends in the
+order of their offsets. With history off a send is one PUBLISH, and the sending process
+delivers to its own members at once.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import logging
 import math
 import re
 import time
-import uuid
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from taxi_tornado import metrics
-from taxi_tornado.frames import encode, text_frame
+from taxi_tornado.hub.brokers import Broker
+from taxi_tornado.hub.history import HistoryLimits, Position, Replay
+from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, RedisHistory
+from taxi_tornado.hub.wire import POSITIONED_TAG, read_wire, wire_header, wire_message
 
 log = logging.getLogger("taxi_tornado.hub")
 
-# The Redis broker. Reconnect delays double from BACKOFF_MIN up to BACKOFF_MAX seconds.
+# Reconnect delays double from BACKOFF_MIN up to BACKOFF_MAX seconds.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 1.0
-# A PUBLISH (including the wait for the publishing connection) gives up after this long,
-# so that a handler sending to a group never hangs on Redis.
+# A PUBLISH or history append (including the wait for the publishing connection) gives
+# up after this long, so that a handler sending to a group never hangs on Redis; so does
+# the read of a resume.
 PUBLISH_TIMEOUT = 1.0
 CONFIRM_TIMEOUT = 2.0
 # A subscriber link silent this long is PINGed; silent twice as long, it is dropped.
 HEALTH_INTERVAL = 10.0
 SUBSCRIBE_BATCH = 1000
-WIRE_TAG = b"taxi1"
 LINK_ERRORS = (RedisError, OSError, TimeoutError)
 PASSWORD_QUERY = re.compile(r"(password=)[^&]*")
 CONNECTION_OPTIONS: dict[str, Any] = {
@@ -55,179 +59,43 @@ CONNECTION_OPTIONS: dict[str, Any] = {
     "client_name": "taxi_tornado",
 }
 
-# What a broker hands back to the hub: group, JSON payload, excluded member id, min version.
-Receiver = Callable[[str, bytes, str | None, int], object]
 
+class SendFailed(Exception):
+    """A command on the publishing connection failed; `maybe_done` when Redis may have
+    run it all the same (it was written, and no error reply came back)."""
 
-class Member(Protocol):
-    """A connection as the hub sees it."""
-
-    id: str
-    version: int
-
-    def deliver(self, frame: bytes) -> None:
-        """Queue an already-built frame; never blocks, never raises for a dead socket."""
-
-
-class Broker(abc.ABC):
-    """Carries group sends between processes. The in-process broker carries nothing."""
-
-    node_id: str = ""
-
-    @property
-    def ready(self) -> bool:
-        """Whether the broker link is up now (for /readyz)."""
-        return True
-
-    def describe(self) -> str:
-        return type(self).__name__
-
-    async def start(self, receiver: Receiver) -> None:
-        """Begin handing messages from other processes to `receiver`."""
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def subscribe(self, group: str) -> None:
-        """Called for the first local member of `group`."""
-        return None
-
-    async def unsubscribe(self, group: str) -> None:
-        """Called when the last local member of `group` left."""
-        return None
-
-    @abc.abstractmethod
-    async def publish(
-        self, group: str, payload: bytes, exclude: str | None, min_version: int
-    ) -> None:
-        """Send one group message to the other processes."""
-
-
-class MemoryBroker(Broker):
-    """The default: one process is the whole world, so there is nobody to tell."""
-
-    async def publish(
-        self, group: str, payload: bytes, exclude: str | None, min_version: int
-    ) -> None:
-        return None
-
-
-class Hub:
-    """The groups of this process and the broker that joins them to other processes."""
-
-    def __init__(self, broker: Broker | None = None) -> None:
-        self.broker = broker or MemoryBroker()
-        self.broker.node_id = self.broker.node_id or uuid.uuid4().hex
-        self.groups: dict[str, set[Member]] = {}
-        self._subscribing: dict[str, asyncio.Future[None]] = {}
-
-    async def start(self) -> None:
-        await self.broker.start(self.deliver_local)
-
-    async def stop(self) -> None:
-        await self.broker.stop()
-
-    async def join(self, member: Member, group: str) -> None:
-        """Add `member`; the first local member subscribes this process to the group.
-
-        Returns once the broker confirmed the subscription, also for a member joining
-        while the first member's subscription is still on its way: a message published
-        after a client's connect returned must reach it.
-        """
-        members = self.groups.get(group)
-        if members is not None:
-            members.add(member)
-            pending = self._subscribing.get(group)
-            if pending is not None:
-                await asyncio.shield(pending)
-            return
-        self.groups[group] = {member}
-        pending = asyncio.get_running_loop().create_future()
-        self._subscribing[group] = pending
-        try:
-            await self.broker.subscribe(group)
-        finally:
-            if self._subscribing.get(group) is pending:
-                del self._subscribing[group]
-            pending.set_result(None)
-
-    async def leave(self, member: Member, group: str) -> None:
-        members = self.groups.get(group)
-        if members is None or member not in members:
-            return
-        members.discard(member)
-        if not members:
-            del self.groups[group]
-            await self.broker.unsubscribe(group)
-
-    async def leave_all(self, member: Member, groups: Iterable[str]) -> None:
-        for group in list(groups):
-            await self.leave(member, group)
-
-    def members(self, group: str) -> int:
-        return len(self.groups.get(group, ()))
-
-    async def send(
-        self,
-        group: str,
-        message: Any,
-        *,
-        exclude: str | None = None,
-        min_version: int = 1,
-    ) -> int:
-        """Send `message` to every member of `group` on every process.
-
-        `exclude` is a member id not to send to (the sender); members speaking a protocol
-        version below `min_version` are skipped. Returns the local deliveries.
-        """
-        payload = encode(message)
-        delivered = self.deliver_local(group, payload, exclude, min_version)
-        await self.broker.publish(group, payload, exclude, min_version)
-        metrics.HUB_PUBLISHED.inc()
-        return delivered
-
-    def deliver_local(
-        self, group: str, payload: bytes, exclude: str | None, min_version: int
-    ) -> int:
-        members = self.groups.get(group)
-        if not members:
-            return 0
-        frame = text_frame(payload)
-        delivered = 0
-        for member in tuple(members):
-            if member.version < min_version or member.id == exclude:
-                continue
-            member.deliver(frame)
-            delivered += 1
-        metrics.FANOUT_SIZE.observe(delivered)
-        if delivered:
-            metrics.group_frames_out(payload).inc(delivered)
-        return delivered
+    def __init__(self, error: BaseException, maybe_done: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.maybe_done = maybe_done
 
 
 class RedisBroker(Broker):
-    """Redis pub/sub: one channel per group, one PUBLISH per group send.
+    """Redis pub/sub: one channel per group, one round trip per group send.
 
-    Two connections per process. The subscriber is read by one task that hands every
-    message to the hub; SUBSCRIBE and UNSUBSCRIBE are written on it in call order and
-    each waits for its own confirmation, so a leave and a join of one group that
-    interleave leave Redis in the state of the last call. The publisher is used under a
-    lock, so the sends of this process leave in the order they were made (Redis keeps
-    that order per connection and channel). A lost subscriber link is retried with
-    capped exponential backoff and every current group is subscribed again; meanwhile
-    `ready` is False and group sends reach local members only (at most once: nothing
-    is queued for later).
+    Two connections per process, and a pool for resume reads. The subscriber is read by
+    one task that hands every message to the hub; SUBSCRIBE and UNSUBSCRIBE are written
+    on it in call order and each waits for its own confirmation, so a leave and a join
+    of one group that interleave leave Redis in the state of the last call. The
+    publisher is used under a lock, so the sends of this process leave in the order they
+    were made. A lost subscriber link is retried with capped exponential backoff and
+    every current group is subscribed again; meanwhile `ready` is False and group sends
+    reach local members only, without a position (at most once: nothing is queued for
+    later, and nothing is numbered).
     """
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, limits: HistoryLimits | None = None) -> None:
+        super().__init__()
         problem = redis_url_problem(url)
         if problem:
             raise ValueError(f"hub.url: {problem}")
         self.url = url
         self.prefix = prefix
+        self.limits = limits or HistoryLimits()
+        self.history = RedisHistory(prefix, self.limits) if self.limits.enabled else None
         self._channel_prefix = f"{prefix}:group:"
         self._pool: ConnectionPool = ConnectionPool.from_url(url, **CONNECTION_OPTIONS)
+        self._reader = Redis(connection_pool=self._pool)
         self._groups: set[str] = set()
         self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
         self._link: AbstractConnection | None = None
@@ -235,7 +103,6 @@ class RedisBroker(Broker):
         self._publisher: AbstractConnection | None = None
         self._publish_lock = asyncio.Lock()
         self._publish_failing = False
-        self._receiver: Receiver | None = None
         self._node = b""
         self._up = False
         self._came_up = False
@@ -254,9 +121,8 @@ class RedisBroker(Broker):
     def channel(self, group: str) -> str:
         return self._channel_prefix + group
 
-    async def start(self, receiver: Receiver) -> None:
+    async def start(self) -> None:
         """Connect in the background; wait for the first attempt only, never for Redis."""
-        self._receiver = receiver
         self._node = self.node_id.encode()
         self._task = asyncio.ensure_future(self._run())
         with contextlib.suppress(TimeoutError):
@@ -272,6 +138,7 @@ class RedisBroker(Broker):
             if self._publisher is not None:
                 await self._publisher.disconnect(nowait=True)
                 self._publisher = None
+        await self._pool.disconnect()
 
     async def subscribe(self, group: str) -> None:
         """Returns once Redis confirmed; at once while the link is down (the reconnect
@@ -292,49 +159,128 @@ class RedisBroker(Broker):
         self._groups.discard(group)
         await self._command("UNSUBSCRIBE", group)
 
+    async def send(
+        self, group: str, payload: bytes, exclude: str | None, min_version: int
+    ) -> int:
+        """Never raises and never waits long: a send Redis cannot take reaches this
+        process's members only, without a position; the failure is counted, and logged
+        once per streak. A send that Redis may have run (no reply in time) is not
+        delivered here as well: at most once."""
+        if self.history is None:
+            delivered = self.receiver(group, payload, exclude, min_version, None)
+            await self.publish(group, payload, exclude, min_version)
+            return delivered
+        if not self._up:
+            metrics.HUB_PUBLISH_FAILED.inc()
+            return self.receiver(group, payload, exclude, min_version, None)
+        try:
+            await self.append(group, payload, exclude, min_version)
+        except SendFailed as failure:
+            self._send_failed(failure.error)
+            if failure.maybe_done:
+                return 0
+            return self.receiver(group, payload, exclude, min_version, None)
+        self._send_works()
+        return 0
+
     async def publish(
         self, group: str, payload: bytes, exclude: str | None, min_version: int
     ) -> None:
-        """Never raises and never waits long: a send the broker cannot take is counted,
-        logged once per streak of failures, and dropped (local members already have it)."""
+        """PUBLISH without history; never raises (see send)."""
         if not self._up:
             metrics.HUB_PUBLISH_FAILED.inc()
             return
         try:
             await self.post(group, payload, exclude, min_version)
-        except LINK_ERRORS as error:
-            metrics.HUB_PUBLISH_FAILED.inc()
-            if not self._publish_failing:
-                self._publish_failing = True
-                log.warning("hub: PUBLISH to %s failed (%s); group sends reach this "
-                            "process only until Redis answers again",
-                            _without_password(self.url), _reason(error))
+        except SendFailed as failure:
+            self._send_failed(failure.error)
             return
-        if self._publish_failing:
-            self._publish_failing = False
-            log.warning("hub: PUBLISH works again")
+        self._send_works()
 
     async def post(
         self, group: str, payload: bytes, exclude: str | None, min_version: int
     ) -> int:
-        """One PUBLISH on this process's publishing connection; raises on failure.
+        """One PUBLISH (a taxi1 message: no position); raises SendFailed.
 
         Returns how many subscribed processes Redis handed the message to.
         """
         message = wire_message(self._node, payload, exclude, min_version)
-        async with asyncio.timeout(PUBLISH_TIMEOUT), self._publish_lock:
-            conn = self._publisher
-            if conn is None:
-                conn = self._publisher = self._connection()
-            try:
-                if not conn.is_connected:
-                    await _connect(conn)
-                await conn.send_command("PUBLISH", self.channel(group), message)
-                receivers = await conn.read_response()
-            except BaseException:
-                await conn.disconnect(nowait=True)
-                raise
+        receivers = await self._run_command("PUBLISH", self.channel(group), message)
         return int(receivers)
+
+    async def append(
+        self, group: str, payload: bytes, exclude: str | None, min_version: int
+    ) -> tuple[Position, int]:
+        """Number, store and publish one send with the history script; raises SendFailed.
+
+        Returns the send's position and how many subscribed processes got it.
+        """
+        assert self.history is not None
+        header = wire_header(POSITIONED_TAG, self._node, exclude, min_version)
+        arguments = self.history.append_arguments(group, self.channel(group), header, payload)
+        offset, epoch, receivers = await self._run_command(
+            "EVALSHA", APPEND_SHA, *arguments, script=APPEND)
+        return Position(int(offset), epoch.decode()), int(receivers)
+
+    async def since(self, positions: Mapping[str, Position]) -> dict[str, Replay | None]:
+        """Read in one round trip; when Redis cannot answer in time, nothing is recovered."""
+        if self.history is None or not self._up:
+            return dict.fromkeys(positions)
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                return await self.history.since(self._reader, positions)
+        except LINK_ERRORS as error:
+            log.warning("hub: reading history from %s failed (%s)",
+                        _without_password(self.url), _reason(error))
+            return dict.fromkeys(positions)
+
+    async def _run_command(self, *command: Any, script: str | None = None) -> Any:
+        """One command on the publishing connection, in call order; raises SendFailed.
+
+        An EVALSHA that Redis answers with NOSCRIPT (it restarted, or flushed its
+        scripts) is sent again as EVAL with `script`, under the same lock.
+        """
+        written = False
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT), self._publish_lock:
+                conn = self._publisher
+                if conn is None:
+                    conn = self._publisher = self._connection()
+                try:
+                    if not conn.is_connected:
+                        await _connect(conn)
+                    await conn.send_command(*command)
+                    written = True
+                    try:
+                        return await conn.read_response()
+                    except NoScriptError:
+                        if script is None:
+                            raise
+                        written = False
+                        await conn.send_command("EVAL", script, *command[2:])
+                        written = True
+                        return await conn.read_response()
+                except ResponseError:
+                    written = False  # Redis refused it: the script publishes last
+                    raise
+                except BaseException:
+                    await conn.disconnect(nowait=True)
+                    raise
+        except LINK_ERRORS as error:
+            raise SendFailed(error, maybe_done=written) from error
+
+    def _send_failed(self, error: BaseException) -> None:
+        metrics.HUB_PUBLISH_FAILED.inc()
+        if not self._publish_failing:
+            self._publish_failing = True
+            log.warning("hub: sending to %s failed (%s); group sends reach this process "
+                        "only until Redis answers again", _without_password(self.url),
+                        _reason(error))
+
+    def _send_works(self) -> None:
+        if self._publish_failing:
+            self._publish_failing = False
+            log.warning("hub: sending to Redis works again")
 
     def _connection(self) -> AbstractConnection:
         make = self._pool.make_connection
@@ -427,19 +373,20 @@ class RedisBroker(Broker):
             self._confirm(reply[1].decode())
 
     def _receive(self, channel: bytes, data: bytes) -> None:
-        message = parse_wire_message(data)
+        message = read_wire(data)
         if message is None:
-            log.warning("hub: ignoring a message on %s that is not in the taxi1 format",
-                        channel.decode(errors="replace"))
+            log.warning("hub: ignoring a message on %s that is not in the taxi1/taxi2 "
+                        "format", channel.decode(errors="replace"))
             return
-        node, exclude, min_version, payload = message
-        if node == self._node:
-            return  # this process delivered it locally before publishing
-        metrics.HUB_RECEIVED.inc()
+        if message.node == self._node:
+            if message.position is None:
+                return  # this process delivered it locally before publishing
+        else:
+            metrics.HUB_RECEIVED.inc()
         group = channel.decode()[len(self._channel_prefix):]
-        assert self._receiver is not None
         try:
-            self._receiver(group, payload, exclude, min_version)
+            self.receiver(group, message.payload, message.exclude, message.min_version,
+                          message.position)
         except Exception:
             log.exception("hub: delivering a message for group %s failed", group)
 
@@ -484,14 +431,18 @@ class RedisBroker(Broker):
                     waiter.set_result(False)
 
     async def _reset_publisher(self) -> None:
-        """A new link means Redis may have restarted: never PUBLISH on a dead socket."""
+        """A new link means Redis may have restarted: never PUBLISH on a dead socket, and
+        load the history script again, so that even the first send is one EVALSHA."""
         async with self._publish_lock:
             if self._publisher is not None:
                 await self._publisher.disconnect(nowait=True)
-            self._publisher = self._connection()
+            conn = self._publisher = self._connection()
             with contextlib.suppress(*LINK_ERRORS):
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await _connect(self._publisher)
+                    await _connect(conn)
+                    if self.history is not None:
+                        await conn.send_command("SCRIPT", "LOAD", APPEND)
+                        await conn.read_response()
 
     def _link_up(self, groups: int) -> None:
         self._up = True
@@ -514,30 +465,6 @@ class RedisBroker(Broker):
         log.warning("hub: %s Redis at %s (%s); local delivery goes on, sends to other "
                     "processes are dropped, reconnecting with backoff up to %ss",
                     verb, _without_password(self.url), _reason(error), BACKOFF_MAX)
-
-
-def wire_message(node: bytes, payload: bytes, exclude: str | None, min_version: int) -> bytes:
-    """`taxi1 <node> <min_version> <exclude>\\n<JSON payload>`; `-` stands for none.
-
-    The header lets a receiving process skip its own messages (it delivered them
-    locally already) and apply `exclude` and `min_version`; the payload stays the JSON
-    the sender encoded, so the receiver frames it without decoding.
-    """
-    return b"%s %s %d %s\n%s" % (
-        WIRE_TAG, node or b"-", min_version, exclude.encode() if exclude else b"-", payload
-    )
-
-
-def parse_wire_message(data: bytes) -> tuple[bytes, str | None, int, bytes] | None:
-    """(node, exclude, min_version, payload), or None for a message in another format."""
-    header, newline, payload = data.partition(b"\n")
-    fields = header.split(b" ")
-    if not newline or len(fields) != 4 or fields[0] != WIRE_TAG:
-        return None
-    _, node, version, exclude = fields
-    if not version.isdigit():
-        return None
-    return node, None if exclude == b"-" else exclude.decode(), int(version), payload
 
 
 def redis_url_problem(url: str) -> str | None:
@@ -564,39 +491,6 @@ def redis_url_problem(url: str) -> str | None:
     except (ValueError, TypeError) as error:
         return f"{error} ({shown!r})"
     return None
-
-
-def build_broker(url: str, prefix: str) -> Broker:
-    """The broker named by hub.url."""
-    if url.startswith("memory://"):
-        return MemoryBroker()
-    return RedisBroker(url, prefix)
-
-
-async def publish(url: str, group: str, message: Any, *, prefix: str = "taxi") -> int:
-    """Send `message` to `group` from any Python process, like Channels' group_send.
-
-    `url` and `prefix` are the deployment's hub.url (redis://…) and hub.prefix; every
-    server process with members in `group` delivers `message` to them verbatim. One
-    PUBLISH on a connection of its own, closed before returning; raises redis'
-    ConnectionError or TimeoutError when Redis cannot take it. Returns how many server
-    processes had members in the group.
-    """
-    if url.startswith("memory://"):
-        raise ValueError("publish() needs a shared hub (redis://…); memory:// is one process")
-    broker = RedisBroker(url, prefix)
-    try:
-        return await broker.post(group, encode(message), None, 1)
-    finally:
-        await broker.stop()
-
-
-def publish_sync(url: str, group: str, message: Any, *, prefix: str = "taxi") -> int:
-    """The blocking twin of publish(), for synchronous code such as a Django view.
-
-    Runs its own event loop, so call it from a thread without a running loop.
-    """
-    return asyncio.run(publish(url, group, message, prefix=prefix))
 
 
 def _without_password(url: str) -> str:
