@@ -283,8 +283,31 @@ class ServerProcess:
 
 def spawn_server(tmp_path: Path, env: dict[str, str] | None = None, name: str = "server",
                  wait: bool = True, port: int | None = None) -> ServerProcess:
-    """`python -m taxi_tornado serve` in a subprocess, configured by TAXI_* variables."""
-    port = port or free_port()
+    """`python -m taxi_tornado serve` in a subprocess, configured by TAXI_* variables.
+
+    A free port can be taken by another process between free_port() and the server's
+    bind: when the port was ours to choose, a server that stops on a busy port is
+    started again on another one.
+    """
+    for _ in range(2):
+        if port is not None or not wait:
+            break
+        running = _start_server(tmp_path, env, name, free_port())
+        try:
+            wait_healthy(running)
+        except AssertionError:
+            if "Address already in use" not in running.log():
+                raise
+            continue
+        return running
+    running = _start_server(tmp_path, env, name, port or free_port())
+    if wait:
+        wait_healthy(running)
+    return running
+
+
+def _start_server(tmp_path: Path, env: dict[str, str] | None, name: str,
+                  port: int) -> ServerProcess:
     log_path = tmp_path / f"{name}.log"
     full_env = {
         **os.environ,
@@ -298,10 +321,7 @@ def spawn_server(tmp_path: Path, env: dict[str, str] | None = None, name: str = 
         [sys.executable, "-m", "taxi_tornado", "serve"], env=full_env, cwd=tmp_path,
         stdout=handle, stderr=subprocess.STDOUT,
     )
-    running = ServerProcess(process, port, log_path)
-    if wait:
-        wait_healthy(running)
-    return running
+    return ServerProcess(process, port, log_path)
 
 
 def wait_healthy(running: ServerProcess, timeout: float = 15) -> None:
