@@ -73,6 +73,7 @@ class LimitsSettings:
     rate: float = 20.0
     burst: int = 40
     outbound_queue: int = 256
+    outbound_bytes: int = 1048576
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ def _validate(s: Settings) -> None:
         (s.limits.rate > 0, "limits.rate: must be positive"),
         (s.limits.burst >= 1, "limits.burst: must be at least 1"),
         (s.limits.outbound_queue >= 1, "limits.outbound_queue: must be at least 1"),
+        (s.limits.outbound_bytes >= 1, "limits.outbound_bytes: must be at least 1"),
         (s.log.format in LOG_FORMATS, f"log.format: must be text or json, got {s.log.format!r}"),
         (s.log.level in LOG_LEVELS,
          f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}"),

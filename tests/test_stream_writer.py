@@ -129,7 +129,7 @@ def test_tls_streams_are_written_through_the_stream() -> None:
 
     async def build() -> StreamWriter:
         stream = SSLIOStream(left, ssl_options=context)
-        return StreamWriter(stream, 4, lambda: None)
+        return StreamWriter(stream, 4, lambda: None, 1 << 20)
 
     try:
         assert asyncio.run(build()).send is None
