@@ -14,9 +14,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from taxi_tornado.drain import DrainingHTTPServer
 from taxi_tornado.handlers import api, auth, socket
 from taxi_tornado.handlers.base import NotFoundHandler
 from taxi_tornado.handlers.keepalive import Keepalive
@@ -64,7 +64,7 @@ class Server:
     def __init__(self, settings: Settings, services: Services | None = None) -> None:
         self.settings = settings
         self.services = services or build_services(settings)
-        self.http: HTTPServer | None = None
+        self.http: DrainingHTTPServer | None = None
         self.port = settings.server.port
         self.keepalive = Keepalive(self.services.sockets, settings.server.ping_interval,
                                    settings.server.ping_timeout)
@@ -79,7 +79,7 @@ class Server:
         await services.hub.start()
         server = self.settings.server
         app = build_application(services)
-        self.http = HTTPServer(
+        self.http = DrainingHTTPServer(
             app,
             xheaders=server.xheaders,
             ssl_options=self._ssl_context(),
@@ -101,23 +101,29 @@ class Server:
         return context
 
     async def stop(self) -> None:
-        """Drain: refuse new work, close sockets with 1001, then release everything."""
+        """Drain: refuse new work, close sockets with 1001, let the HTTP requests under
+        way finish, then release everything."""
         services = self.services
         if services.draining:
             await self._stopped.wait()
             return
         services.draining = True
-        if self.http is not None:
-            self.http.stop()
+        http = self.http
+        if http is not None:
+            http.stop()
+            http.start_drain()
         for sock in list(services.sockets):
             sock.shut_down()
         deadline = time.monotonic() + self.settings.server.drain_timeout
-        while services.sockets and time.monotonic() < deadline:
+        while (services.sockets or (http and http.busy)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self._abort_sockets()
-        if self.http is not None:
+        if http is not None:
+            if http.busy:
+                log.warning("%d HTTP requests did not finish within drain_timeout: "
+                            "closing them", len(http.busy))
             try:
-                await asyncio.wait_for(self.http.close_all_connections(), timeout=1)
+                await asyncio.wait_for(http.close_all_connections(), timeout=1)
             except TimeoutError:
                 log.warning("some HTTP connections were still open at shutdown")
         for task in list(services.tasks):
