@@ -181,7 +181,7 @@ class TaxiSocket(WebSocketHandler):
         """The Transport side of Connection: write a prebuilt frame.
 
         A frame the socket does not take (closing, gone, or just closed as too slow) ends
-        the connection: a close Tornado sent by itself (1009) is noticed here.
+        the connection, whichever side or layer began the close.
         """
         writer = self.writer
         if writer is not None and not writer.write(frame):
