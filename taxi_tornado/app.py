@@ -2,8 +2,8 @@
 
 `Server` owns the long-lived parts (store, hub, plugins, listening sockets). `stop()` is
 the drain of ARCHITECTURE.md, Operations: stop accepting, /readyz 503, close every socket
-with 1001 and every idle HTTP connection, wait at most drain_timeout for the sockets'
-closing handshakes and the HTTP requests under way, close broker and store.
+with 1001, wait at most drain_timeout for the sockets' closing handshakes and the HTTP
+requests under way, close broker and store.
 """
 
 from __future__ import annotations
@@ -112,7 +112,6 @@ class Server:
         http = self.http
         if http is not None:
             http.stop()
-            http.start_drain()
         for sock in list(services.sockets):
             sock.shut_down()
         deadline = time.monotonic() + self.settings.server.drain_timeout

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from tornado.iostream import IOStream
-from tornado.websocket import WebSocketHandler, WebSocketProtocol
+from tornado.websocket import WebSocketHandler
 
 from taxi_tornado import metrics
 from taxi_tornado.auth import InvalidToken, token_from_request
@@ -149,25 +149,24 @@ class TaxiSocket(WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         conn = self.connection
-        protocol = self.ws_connection
         stream = socket_stream(self)
-        if conn is None or protocol is None or stream is None or stream.closed() or self.ended:
+        if conn is None or stream is None or stream.closed() or self.ended:
             # The client left as the 101 went out. Tornado's read loop meets the closed
             # stream next and ends the socket; the connection goes now.
             self._end()
             return
         try:
-            self._start(conn, protocol, stream)
+            self._start(conn, stream)
         except Exception:
             self.on_close()  # Tornado logs it and aborts without calling on_close
             raise
 
-    def _start(self, conn: Connection, protocol: WebSocketProtocol, stream: IOStream) -> None:
+    def _start(self, conn: Connection, stream: IOStream) -> None:
         limits = self.services.settings.limits
         self.set_nodelay(True)
         self.opened_at = time.monotonic()
         self.writer = StreamWriter(stream, limits.outbound_queue, self._too_slow,
-                                   limits.outbound_bytes, protocol.is_closing)
+                                   limits.outbound_bytes)
         self.services.sockets.add(self)
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_OPENED.inc()
@@ -180,8 +179,8 @@ class TaxiSocket(WebSocketHandler):
     def write_frame(self, frame: bytes) -> None:
         """The Transport side of Connection: write a prebuilt frame.
 
-        A frame the socket does not take (closing, gone, or just closed as too slow) ends
-        the connection, whichever side or layer began the close.
+        A frame the socket does not take (gone, or just closed as too slow) ends the
+        connection at once, before Tornado's read loop notices.
         """
         writer = self.writer
         if writer is not None and not writer.write(frame):

@@ -47,17 +47,13 @@ def queued_bytes(stream: IOStream) -> int:
 class StreamWriter:
     """Frame writer for one socket with a bounded queue."""
 
-    __slots__ = ("backlog", "byte_limit", "is_closing", "limit", "on_overflow", "send",
-                 "stream")
+    __slots__ = ("backlog", "byte_limit", "limit", "on_overflow", "send", "stream")
 
     def __init__(self, stream: IOStream, limit: int, on_overflow: Callable[[], None],
-                 byte_limit: int, is_closing: Callable[[], bool] | None = None) -> None:
-        """`is_closing` says whether the socket's close has begun (the WebSocket
-        protocol's is_closing): no frame may follow a close frame, whoever sent it."""
+                 byte_limit: int) -> None:
         self.stream = stream
         self.limit = limit
         self.byte_limit = byte_limit
-        self.is_closing = is_closing or stream.closed
         self.backlog = 0
         self.on_overflow = on_overflow
         # TLS streams keep their own state around the socket: always go through them.
@@ -66,11 +62,14 @@ class StreamWriter:
         )
 
     def write(self, frame: bytes) -> bool:
-        """Queue `frame`; False when the socket is closing, gone, or was just closed as
-        too slow."""
-        if self.is_closing():
-            return False
+        """Queue `frame`; False when the socket is gone or was just closed as too slow.
+
+        A close frame the server sent is not checked here (a cost per frame and member):
+        the socket's close() detaches its Connection first, so no frame reaches this.
+        """
         stream = self.stream
+        if stream.closed():
+            return False
         if stream.writing():
             self.backlog += 1
             if self.backlog > self.limit or queued_bytes(stream) + len(frame) > self.byte_limit:
