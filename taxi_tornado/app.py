@@ -2,7 +2,8 @@
 
 `Server` owns the long-lived parts (store, hub, plugins, listening sockets). `stop()` is
 the drain of ARCHITECTURE.md, Operations: stop accepting, /readyz 503, close every socket
-with 1001, wait at most drain_timeout, close broker and store.
+with 1001, wait at most drain_timeout for the sockets' closing handshakes and the HTTP
+requests under way, close broker and store.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.routing import Rule
 
+from taxi_tornado.drain import DrainingHTTPServer
 from taxi_tornado.handlers import api, auth, socket
 from taxi_tornado.handlers.base import HostRefused, InvalidHostHandler, NotFoundHandler
 from taxi_tornado.handlers.body_limit import MIB, UNLIMITED, BodyLimit
@@ -80,7 +81,7 @@ class Server:
     def __init__(self, settings: Settings, services: Services | None = None) -> None:
         self.settings = settings
         self.services = services or build_services(settings)
-        self.http: HTTPServer | None = None
+        self.http: DrainingHTTPServer | None = None
         self.port = settings.server.port
         self.keepalive = Keepalive(self.services.sockets, settings.server.ping_interval,
                                    settings.server.ping_timeout)
@@ -104,7 +105,7 @@ class Server:
                 await services.store.close()
             raise
         server = self.settings.server
-        self.http = HTTPServer(
+        self.http = DrainingHTTPServer(
             with_body_limits(app, self.settings),
             xheaders=server.xheaders,
             ssl_options=self._ssl_context(),
@@ -128,24 +129,29 @@ class Server:
         return context
 
     async def stop(self) -> None:
-        """Drain: refuse new work, close sockets with 1001, then release everything."""
+        """Drain: refuse new work, close sockets with 1001, let the HTTP requests under
+        way finish, then release everything."""
         services = self.services
         if services.draining:
             await self._stopped.wait()
             return
         services.draining = True
         services.plugin_tasks.stop_periodic()
-        if self.http is not None:
-            self.http.stop()
+        http = self.http
+        if http is not None:
+            http.stop()
         for sock in list(services.sockets):
             sock.shut_down()
         deadline = time.monotonic() + self.settings.server.drain_timeout
-        while services.sockets and time.monotonic() < deadline:
+        while (services.sockets or (http and http.busy)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self._abort_sockets()
-        if self.http is not None:
+        if http is not None:
+            if http.busy:
+                log.warning("%d HTTP requests did not finish within drain_timeout: "
+                            "closing them", len(http.busy))
             try:
-                await asyncio.wait_for(self.http.close_all_connections(), timeout=1)
+                await asyncio.wait_for(http.close_all_connections(), timeout=1)
             except TimeoutError:
                 log.warning("some HTTP connections were still open at shutdown")
         for task in list(services.tasks):

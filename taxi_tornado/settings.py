@@ -87,6 +87,7 @@ class LimitsSettings:
     auth_rate: int = 20
     sockets_per_user: int = 20
     trips_per_rider: int = 3
+    outbound_bytes: int = 1048576
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,7 @@ def _validate(s: Settings) -> None:
          "limits.sockets_per_user: must not be negative (0 means no limit)"),
         (s.limits.trips_per_rider >= 0,
          "limits.trips_per_rider: must not be negative (0 means no limit)"),
+        (s.limits.outbound_bytes >= 1, "limits.outbound_bytes: must be at least 1"),
         (s.log.format in LOG_FORMATS, f"log.format: must be text or json, got {s.log.format!r}"),
         (s.log.level in LOG_LEVELS,
          f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}"),

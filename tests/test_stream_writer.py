@@ -3,7 +3,8 @@
 The writer reaches past WebSocketHandler's public API: it takes `ws_connection.stream` (the
 IOStream detached after the handshake), sends prebuilt frames with `stream.socket.send`
 while `stream.writing()` is False, hands the rest to `stream.write`, and reads
-`stream.writing()` as "the kernel did not take everything". Each test names one of these.
+`stream.writing()` as "the kernel did not take everything", and `len(stream._write_buffer)`
+as the bytes queued. Each test names one of these.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tornado.iostream import IOStream, SSLIOStream
 
 from taxi_tornado.frames import encode, text_frame
 from taxi_tornado.handlers.socket import TaxiSocket
-from taxi_tornado.handlers.stream_writer import StreamWriter, socket_stream
+from taxi_tornado.handlers.stream_writer import StreamWriter, queued_bytes, socket_stream
 from taxi_tornado.settings import replace
 from tests.conftest import Client, RunningServer, make_settings
 from tests.test_operations import RawSocket, Starter, close_code, eventually
@@ -120,6 +121,27 @@ async def test_writing_reflects_a_pending_buffer_and_overflow_closes_1013(
     good.close()
 
 
+async def test_queued_bytes_is_what_the_stream_still_holds_for_the_kernel(
+    tmp_path: Path, start: Starter,
+) -> None:
+    running = await start(make_settings(tmp_path))
+    user, token = await running.user("slow", "driver")
+    slow = await asyncio.to_thread(  # never reads
+        lambda: RawSocket(running.port, "/taxi/", token, receive_buffer=4096))
+    handler = await handler_of(running, user.id)
+    stream = socket_stream(handler)
+    assert stream is not None
+    assert queued_bytes(stream) == 0
+    frame = text_frame(encode({"type": "flood", "pad": "x" * 65_000}))
+    while not stream.writing():  # until the kernel stops taking it all
+        stream.write(frame)
+    held = queued_bytes(stream)
+    assert 0 < held < len(frame) * 2
+    stream.write(frame)  # a full socket takes nothing more: all of it is queued
+    assert queued_bytes(stream) == held + len(frame)
+    slow.close()
+
+
 def test_tls_streams_are_written_through_the_stream() -> None:
     """SSLIOStream keeps handshake and record state around its socket: no direct send."""
     left, right = socket.socketpair()
@@ -129,7 +151,7 @@ def test_tls_streams_are_written_through_the_stream() -> None:
 
     async def build() -> StreamWriter:
         stream = SSLIOStream(left, ssl_options=context)
-        return StreamWriter(stream, 4, lambda: None)
+        return StreamWriter(stream, 4, lambda: None, 1 << 20)
 
     try:
         assert asyncio.run(build()).send is None

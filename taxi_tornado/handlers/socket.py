@@ -3,15 +3,24 @@
 Authentication and group joins happen in prepare(), before the handshake answer is
 written: a bad token is an HTTP 401 and no socket ever opens, and a message sent to the
 connection's groups once the client's connect returned reaches it.
+
+So a connection is in groups before its socket exists, and the client may vanish at any
+await of the upgrade. Every way out (a refused or abandoned upgrade, open() meeting a
+closed stream or failing, a close the server sends, on_close) reaches one idempotent
+`_end()`: the Connection drops its frames and socket at once, leaves every group, and
+the disconnect hooks run once the connect hooks are over. Tornado calls on_close at most
+once and not at all when open() fails, so nothing may rely on on_close alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
+from tornado.iostream import IOStream
 from tornado.websocket import WebSocketHandler
 
 from taxi_tornado import metrics
@@ -32,6 +41,9 @@ BEARER_SUBPROTOCOL = "bearer."
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
+# nginx's status for a request whose client went away before the answer: the access log
+# shows it for an upgrade abandoned in prepare().
+CLIENT_CLOSED_REQUEST = 499
 # Deepest nesting of arrays and objects in a frame, the envelope counting as one level.
 # orjson alone stops at 1024; a client never needs more than a few levels.
 MAX_NESTING = 32
@@ -53,6 +65,8 @@ class TaxiSocket(WebSocketHandler):
         self.opened_at = 0.0
         self.dropped_in_a_row = 0
         self.close_sent: int | None = None
+        self.ended = False  # _end() ran: the connection was let go
+        self.connecting: asyncio.Event | None = None  # set once the connect hooks are over
 
     async def prepare(self) -> None:
         services = self.services
@@ -97,15 +111,37 @@ class TaxiSocket(WebSocketHandler):
         if version >= 2:  # v1 stays authenticated until it closes, as in the seed app
             conn.expires = float(claims["exp"])
         self.connection = conn
-        await conn.join(f"user:{user.id}")
-        for plugin, hook in services.registry.connect_hooks:
+        if self.ended:  # the client left while we looked it up
+            self._abandon()
+            return
+        self.connecting = asyncio.Event()
+        try:
+            await self._connect(conn)
+        finally:
+            self.connecting.set()
+
+    async def _connect(self, conn: Connection) -> None:
+        """Join the user's group and run the connect hooks; stop as soon as the client is
+        gone (on_close ended the connection meanwhile)."""
+        await conn.join(f"user:{conn.user.id}")
+        for plugin, hook in self.services.registry.connect_hooks:
+            if self.ended:
+                break
             try:
                 await hook(conn)
             except Exception:
                 log.exception("on-connect hook of plugin %s failed", plugin)
-                await self._cleanup()
+                self._end()
                 self._refuse(500, {"detail": "A server error occurred."}, "hook")
                 return
+        if self.ended:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Finish an upgrade whose client already left: nobody reads the answer."""
+        metrics.HANDSHAKES_REFUSED.labels("client_gone").inc()
+        self.set_status(CLIENT_CLOSED_REQUEST, "Client Closed Request")
+        self.finish()
 
     def _refuse(self, status: int, body: dict[str, Any], reason: str) -> None:
         metrics.HANDSHAKES_REFUSED.labels(reason).inc()
@@ -131,25 +167,42 @@ class TaxiSocket(WebSocketHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         conn = self.connection
         stream = socket_stream(self)
-        assert conn is not None and stream is not None
+        if conn is None or stream is None or stream.closed() or self.ended:
+            # The client left as the 101 went out. Tornado's read loop meets the closed
+            # stream next and ends the socket; the connection goes now.
+            self._end()
+            return
+        try:
+            self._start(conn, stream)
+        except Exception:
+            self.on_close()  # Tornado logs it and aborts without calling on_close
+            raise
+
+    def _start(self, conn: Connection, stream: IOStream) -> None:
+        limits = self.services.settings.limits
         self.set_nodelay(True)
         self.opened_at = time.monotonic()
-        self.writer = StreamWriter(stream, self.services.settings.limits.outbound_queue,
-                                   self._too_slow)
+        self.writer = StreamWriter(stream, limits.outbound_queue, self._too_slow,
+                                   limits.outbound_bytes)
         self.services.sockets.add(self)
-        conn.attach(self)
-        self.services.expiry.watch(self)
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_OPENED.inc()
+        conn.attach(self)
+        self.services.expiry.watch(self)
         log.info("socket open user=%s remote=%s version=%s", conn.user.id,
                  self.request.remote_ip, conn.version)
         if self.services.draining:  # the drain began while this handshake was under way
             self.shut_down()
 
     def write_frame(self, frame: bytes) -> None:
-        """The Transport side of Connection: write a prebuilt frame."""
-        if self.writer is not None:
-            self.writer.write(frame)
+        """The Transport side of Connection: write a prebuilt frame.
+
+        A frame the socket does not take (gone, or just closed as too slow) ends the
+        connection at once, before Tornado's read loop notices.
+        """
+        writer = self.writer
+        if writer is not None and not writer.write(frame):
+            self._end()
 
     def _too_slow(self) -> None:
         if self.close_sent is not None:
@@ -166,7 +219,7 @@ class TaxiSocket(WebSocketHandler):
         has finished, so frames are still handled one at a time, in order.
         """
         conn = self.connection
-        if conn is None:
+        if conn is None or conn.closed:
             return None
         if not self.bucket.take():
             self._rate_limited(conn)
@@ -263,26 +316,42 @@ class TaxiSocket(WebSocketHandler):
         conn.deliver(message_frame(frame))
 
     def on_finish(self) -> None:
-        if self.get_status() != 101 and self.connection is not None:
-            # The upgrade failed after prepare() joined groups: undo it.
-            self.services.spawn(self._cleanup())
+        if self.get_status() != 101:  # refused or abandoned: no socket will open
+            self._end()
 
     def on_close(self) -> None:
-        if self.writer is not None:
-            metrics.CONNECTIONS.dec()
-            self.services.sockets.discard(self)
-            log.info(
-                "socket close user=%s remote=%s code=%s duration=%.3fs", self._user_id(),
-                self.request.remote_ip, self._logged_close_code(),
-                time.monotonic() - self.opened_at,
-            )
-        self.services.spawn(self._cleanup())
+        """The stream is gone; also called by Tornado when the client leaves during
+        prepare(), and by open() when it fails."""
+        self._end()
+        sockets = self.services.sockets
+        if self not in sockets:
+            return
+        sockets.discard(self)
+        metrics.CONNECTIONS.dec()
+        log.info(
+            "socket close user=%s remote=%s code=%s duration=%.3fs", self._user_id(),
+            self.request.remote_ip, self._logged_close_code(),
+            time.monotonic() - self.opened_at,
+        )
 
-    async def _cleanup(self) -> None:
-        conn, self.connection = self.connection, None
+    def _end(self) -> None:
+        """Let the connection go, once: from now on it holds and sends nothing, and it
+        leaves every group."""
+        if self.ended:
+            return
+        self.ended = True
+        conn = self.connection
         if conn is None:
             return
-        await conn.hub.leave_all(conn, conn.groups)
+        conn.detach()
+        self.services.spawn(self._leave(conn))
+
+    async def _leave(self, conn: Connection) -> None:
+        """Leave the groups now, all at once; run the disconnect hooks after the connect
+        hooks, so that a hook still running in prepare() is not undone before it ends."""
+        await asyncio.gather(*(conn.hub.leave(conn, group) for group in list(conn.groups)))
+        if self.connecting is not None:
+            await self.connecting.wait()
         for plugin, hook in self.services.registry.disconnect_hooks:
             try:
                 await hook(conn)
@@ -304,9 +373,14 @@ class TaxiSocket(WebSocketHandler):
         self.close(GOING_AWAY, "server shutting down")
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
-        """Close, remembering the first code we sent: the close log line reports it."""
+        """Close, remembering the first code we sent: the close log line reports it.
+
+        Nothing follows the close frame, and the connection leaves its groups now, not
+        when the client answers (PROTOCOL.md, Close codes).
+        """
         if self.close_sent is None:
             self.close_sent = code
+        self._end()
         super().close(code, reason)
 
     def abort(self) -> None:

@@ -8,8 +8,11 @@ Tornado upgrade moves any of this.
 
 Backpressure without a task per write: the stream's buffer is the outbound queue. While
 the stream is still writing (the kernel would not take everything), each further frame
-counts towards `limit`; once it is exceeded, the reader is too slow and the connection
-is closed with 1013. When the buffer drains, the count starts again.
+counts towards `limit`; once it is exceeded, or once the buffer would hold more than
+`byte_limit` bytes, the reader is too slow and the connection is closed with 1013. When
+the buffer drains, the frame count starts again. The byte count is the buffer's own
+size (`len(stream._write_buffer)`, another internal the tests pin), so a frame limit of
+256 cannot turn into 256 frames of 64 KiB held for one slow phone.
 
 The common case skips even the buffer: when nothing is queued on a plain (not TLS)
 stream, the frame goes to `stream.socket.send()` at once. `IOStream.write` would make a
@@ -36,14 +39,21 @@ def socket_stream(handler: WebSocketHandler) -> IOStream | None:
     return stream
 
 
+def queued_bytes(stream: IOStream) -> int:
+    """Bytes the stream holds that the kernel has not taken yet."""
+    return len(stream._write_buffer)
+
+
 class StreamWriter:
     """Frame writer for one socket with a bounded queue."""
 
-    __slots__ = ("backlog", "limit", "on_overflow", "send", "stream")
+    __slots__ = ("backlog", "byte_limit", "limit", "on_overflow", "send", "stream")
 
-    def __init__(self, stream: IOStream, limit: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(self, stream: IOStream, limit: int, on_overflow: Callable[[], None],
+                 byte_limit: int) -> None:
         self.stream = stream
         self.limit = limit
+        self.byte_limit = byte_limit
         self.backlog = 0
         self.on_overflow = on_overflow
         # TLS streams keep their own state around the socket: always go through them.
@@ -52,13 +62,17 @@ class StreamWriter:
         )
 
     def write(self, frame: bytes) -> bool:
-        """Queue `frame`; False when the socket is gone or was just closed as too slow."""
+        """Queue `frame`; False when the socket is gone or was just closed as too slow.
+
+        A close frame the server sent is not checked here (a cost per frame and member):
+        the socket's close() detaches its Connection first, so no frame reaches this.
+        """
         stream = self.stream
         if stream.closed():
             return False
         if stream.writing():
             self.backlog += 1
-            if self.backlog > self.limit:
+            if self.backlog > self.limit or queued_bytes(stream) + len(frame) > self.byte_limit:
                 self.on_overflow()
                 return False
             return self._queue(frame)

@@ -94,12 +94,15 @@ class Connection:
     `user` is who opened it; `version` the protocol version it speaks (1 or 2); `hub`,
     `store` and `settings` are the server's; `expires` when its access token expires
     (Unix time; None for v1, which stays authenticated until it closes). Frames sent
-    before the socket is open are held and written when it opens.
+    before the socket is open are held and written when it opens. Once `closed` (the
+    socket is closing or gone, or its upgrade failed) it holds nothing, sends nothing,
+    and joins no group.
     """
 
     # Thousands of these live at once: slots keep each about half a kilobyte smaller.
-    __slots__ = ("_held", "_pending", "_received", "_transport", "base_url", "expires",
-                 "groups", "hub", "id", "settings", "state", "store", "user", "version")
+    __slots__ = ("_held", "_pending", "_received", "_transport", "base_url", "closed",
+                 "expires", "groups", "hub", "id", "settings", "state", "store", "user",
+                 "version")
 
     def __init__(
         self,
@@ -120,6 +123,7 @@ class Connection:
         self.groups: set[str] = set()
         self.state: dict[str, Any] = {}  # free for plugins, keyed by plugin name
         self.expires: float | None = None
+        self.closed = False
         self._transport: Transport | None = None
         self._pending: list[bytes] | None = None  # made by the first early frame
         # Per group, the first and last position received live (v2), made by the first
@@ -129,19 +133,35 @@ class Connection:
 
     def attach(self, transport: Transport) -> None:
         """Bind the open socket and flush what was sent before it opened."""
+        if self.closed:
+            return
         self._transport = transport
         pending, self._pending = self._pending, None
         for frame in pending or ():
             transport.write_frame(frame)
 
+    def detach(self) -> None:
+        """The socket is closing or gone: drop what is held and take nothing more.
+
+        The server calls this first on every way out of a socket, so a connection the
+        hub still lists for a moment keeps no frames and no reference to its socket.
+        """
+        self.closed = True
+        self._transport = None
+        self._pending = None
+        self._held = None
+        self._received = None
+
     def deliver(self, frame: bytes) -> None:
         transport = self._transport
-        if transport is None:
-            if self._pending is None:
-                self._pending = []
-            self._pending.append(frame)
+        if transport is not None:
+            transport.write_frame(frame)
             return
-        transport.write_frame(frame)
+        if self.closed:
+            return
+        if self._pending is None:
+            self._pending = []
+        self._pending.append(frame)
 
     def deliver_event(self, frame: bytes, group: str, position: Position) -> None:
         """A group send carrying `position`: written, or held while a resume replays
@@ -213,8 +233,13 @@ class Connection:
         self.deliver(message_frame(message))
 
     async def join(self, group: str) -> None:
+        """Join `group`; a no-op once closed, and undone if the socket closes meanwhile."""
+        if self.closed:
+            return
         self.groups.add(group)
         await self.hub.join(self, group)
+        if self.closed:  # the server let this connection go while the broker confirmed
+            await self.leave(group)
 
     async def leave(self, group: str) -> None:
         self.groups.discard(group)
