@@ -64,9 +64,6 @@ def access_token(user_id: str, exp: float, iat: float | None = None) -> str:
 
 # --- 1. a handshake cut mid-prepare leaves its connection in groups for good -------------
 
-@pytest.mark.xfail(strict=True, reason="review finding 1: an upgrade whose TCP link drops "
-                   "while prepare() awaits the store leaves its Connection in user:<id> "
-                   "for good (on_close already ran, found no connection, never runs again)")
 async def test_handshakes_cut_during_authentication_do_not_use_up_sockets_per_user(
     tmp_path: Path, start: Start,
 ) -> None:
@@ -95,9 +92,6 @@ LATE_JOIN = """
 """
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 1: groups an on_connect hook joins "
-                   "after the client dropped mid-handshake are never left; the Connection "
-                   "buffers every later event of those groups in _pending, unbounded")
 async def test_handshake_cut_during_an_on_connect_hook_leaves_no_group_member(
     tmp_path: Path, start: Start, fake_plugins: FakeDistributions,
 ) -> None:
@@ -113,9 +107,6 @@ async def test_handshake_cut_during_an_on_connect_hook_leaves_no_group_member(
 
 # --- 2. frames after the close frame; groups kept until the client answers ---------------
 
-@pytest.mark.xfail(strict=True, reason="review finding 2: after the server's close frame "
-                   "(4001 here; 1001/1008/1013 alike) group events are still written to the "
-                   "socket, and it stays in its groups until the client answers the close")
 async def test_no_frame_follows_the_close_frame_of_an_expired_token(
     tmp_path: Path, start: Start,
 ) -> None:
