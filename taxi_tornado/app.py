@@ -17,7 +17,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from taxi_tornado.handlers import api, auth, socket
+from taxi_tornado.handlers import api, auth, drivers, socket
 from taxi_tornado.handlers.base import NotFoundHandler
 from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.logs import log_request
@@ -42,6 +42,7 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/api/trip/?", api.TripListHandler, kwargs),
         (r"/api/trip/([^/]+)/?", api.TripDetailHandler, kwargs),
         (r"/api/hub/publish/?", api.HubPublishHandler, kwargs),
+        (r"/api/drivers/nearby/?", drivers.NearbyDriversHandler, kwargs),
         (r"/media/photos/([^/]+)", auth.PhotoHandler, kwargs),
         (r"/healthz/?", api.HealthHandler, kwargs),
         (r"/readyz/?", api.ReadyHandler, kwargs),
@@ -77,6 +78,7 @@ class Server:
         services = self.services
         await services.store.open()
         await services.hub.start()
+        await services.dispatch.start()
         server = self.settings.server
         app = build_application(services)
         self.http = HTTPServer(
@@ -123,6 +125,7 @@ class Server:
         for task in list(services.tasks):
             await asyncio.wait([task], timeout=1)
         self.keepalive.stop()
+        await services.dispatch.stop()
         await services.hub.stop()
         await services.store.close()
         self._stopped.set()

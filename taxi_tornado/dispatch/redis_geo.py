@@ -242,7 +242,7 @@ class RedisLocationIndex(LocationIndex):
             headings[driver_id] = "" if heading is None else repr(heading)
         pipe = self.redis.pipeline(transaction=False)
         pipe.execute_command("GEOADD", self._geo, *places)
-        pipe.zadd(self._seen, seen)  # type: ignore[arg-type]
+        pipe.zadd(self._seen, seen)
         pipe.hset(self._headings, mapping=headings)  # type: ignore[arg-type]
         try:
             await pipe.execute()
