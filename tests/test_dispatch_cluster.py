@@ -8,15 +8,16 @@ import asyncio
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Client, ServerProcess
+from tests.conftest import Client, ServerProcess, make_settings
 from tests.location_contract import CENTER, offset
-from tests.redis_server import SHARED_REDIS
+from tests.redis_server import SHARED_REDIS, RedisServer
 from tests.test_cluster import Spawn, connect, http, ready_pair, sign_up
-from tests.test_dispatch import PICK_UP, claim, expect, request
+from tests.test_dispatch import PICK_UP, Start, claim, expect, request
 
 
 @pytest.fixture
@@ -169,3 +170,29 @@ async def test_unmatched_trip_is_canceled_by_a_process_other_than_the_one_that_d
     canceled = await expect(rider_on_b, "trip.updated", timeout=15)
     assert canceled["id"] == trip["id"] and canceled["status"] == "CANCELED"
     assert await expect(rider_on_b, "trip.unmatched") == {"id": trip["id"]}
+
+
+async def test_request_while_redis_is_down_is_dispatched_once_it_is_back(
+        tmp_path: Path, start: Start, private_redis: RedisServer) -> None:
+    server = await start(make_settings(
+        tmp_path, hub={"url": private_redis.url, "prefix": "down"},
+        dispatch={"mode": "nearest", "offer_timeout": 1.0, "max_wait": 60.0}))
+    _, token = await server.user("driver", "driver")
+    driver = await server.connect(token, v2=True)
+    passenger = await server.connect((await server.user("rider"))[1], v2=True)
+    private_redis.kill()
+    trip = await request(passenger)  # stored, answered; its dispatch waits for Redis
+    assert trip["status"] == "REQUESTED"
+    private_redis.start()  # empty: positions are reported again
+    deadline = time.monotonic() + 20
+    while True:
+        lat, lng = offset(100, 0)
+        await driver.send({"type": "driver.location", "data": {"lat": lat, "lng": lng}})
+        try:
+            message = await driver.receive(0.5)
+        except TimeoutError:
+            assert time.monotonic() < deadline, "no offer after Redis came back"
+            continue
+        assert message["type"] == "trip.offer", message
+        assert message["data"]["trip"]["id"] == trip["id"]
+        break
