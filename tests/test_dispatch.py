@@ -386,6 +386,8 @@ async def test_nearby_returns_available_drivers_nearest_first_without_ids(
     status, body, _ = await server.fetch("/api/drivers/nearby/?lat=91&lng=x&radius_m=-1",
                                          token=token)
     assert status == 400 and set(body) == {"lat", "lng", "radius_m"}
+    assert body["radius_m"] == ["Must be a positive number of metres."]
+    assert body["lat"] == ["Must be a number from -90 to 90."]
     status, body, _ = await server.fetch("/api/drivers/nearby/", token=token)
     assert status == 400 and body["lat"] == ["This field is required."]
     status, _, _ = await server.fetch(f"/api/drivers/nearby/?lat={lat}&lng={lng}")

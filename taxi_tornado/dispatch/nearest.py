@@ -53,14 +53,14 @@ class NearestStrategy(BroadcastStrategy):
 
     async def stop(self) -> None:
         """Stop driving and hand the leases back, so another process carries on at once."""
+        driven = list(self._driving)
         tasks = [task for task in (self._scanner, *self._driving.values()) if task]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for trip_id in list(self._driving):
+        for trip_id in driven:
             with contextlib.suppress(Exception):
                 await self.offers.release(trip_id, self.context.node)
-        self._driving.clear()
 
     # The strategy contract
 
