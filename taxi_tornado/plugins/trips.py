@@ -105,7 +105,10 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
         raise ProtocolError("conflict", "Another driver has taken this trip.")
     metrics.CLAIM_SECONDS.observe(max(0.0, time.time() - trip.created.timestamp()))
     dispatch = dispatch_of(conn)
-    await dispatch.locations.set_busy(conn.user.id, not claimed.status.is_final)
+    if claimed.status.is_final:
+        await _free(conn, conn.user.id)
+    else:
+        await dispatch.locations.set_busy(conn.user.id, True)
     message = trip_message(claimed, conn)
     await conn.join(trip.id)
     await conn.send_group(trip.id, message, exclude_self=True)
@@ -159,7 +162,8 @@ async def _free(conn: Connection, driver_id: str) -> None:
 
 
 async def driver_location(conn: Connection, data: Any) -> None:
-    """Relay a position to each trip the driver is driving; nothing is stored."""
+    """Record the position in the location index (for dispatch and the nearby API) and
+    relay it to each trip the driver is driving; nothing goes to the store."""
     _require_group(conn, "driver", "Only drivers send their location.")
     fields = _object(data)
     errors: dict[str, list[str]] = {}
