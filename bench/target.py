@@ -131,11 +131,15 @@ def free_port() -> int:
         return port
 
 
-def raise_fd_limit() -> None:
-    """Thousands of sockets need more than the default 1,024 descriptors."""
+def raise_fd_limit(wanted: int = 65536) -> None:
+    """Thousands of sockets need more than the default 1,024 descriptors (root may raise
+    the hard limit too: 20,000 drivers need more than a 20,000 hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, wanted), max(hard, wanted)))
+    except (ValueError, OSError):
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Target:
