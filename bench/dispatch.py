@@ -329,8 +329,8 @@ class OfferWorker(Worker):
                 self.rider.send(b'{"type":"trip.cancel","data":{"id":"%s"}}'
                                 % trip["id"].encode())
                 await asyncio.wait_for(self.reply, 30)
-        else:
-            await asyncio.sleep(self.options["k"] * 0.1)
+        else:  # drivers only: stay until the rider's worker is surely done
+            await asyncio.sleep(self.options["k"] * 0.5)
         await asyncio.sleep(1)
         return {"sends": sends, "offers": self.offers}
 

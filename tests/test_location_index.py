@@ -83,6 +83,7 @@ async def test_drivers_of_a_process_that_stopped_answering_are_forgotten(
     await dead.maintain()
     await located(dead, "orphan", 100)
     await located(dead, "shared", 200)
+    await dead.census()  # a query writes the reports still held back
     await alive.connect("shared", 2)
     await alive.set_available("shared", False)
     # The dead process's last heartbeat is older than the timeout.

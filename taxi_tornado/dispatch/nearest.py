@@ -72,15 +72,23 @@ class NearestStrategy(BroadcastStrategy):
             trip_id=trip.id, rider_id=trip.rider_id, lat=trip.pick_up.lat,
             lng=trip.pick_up.lng, base_url=conn.base_url,
             deadline=trip.created.timestamp() + self.config.max_wait)
+        # Recording the dispatch and finding the first batch are independent: with Redis
+        # they overlap, so the first offer waits for two round trips, not three.
+        opening = asyncio.ensure_future(
+            self.offers.open(dispatching, self.context.node, self.lease_s))
         try:
-            await self.offers.open(dispatching, self.context.node, self.lease_s)
+            batch: tuple[list[NearbyDriver], float] | None = await self._next_batch(dispatching)
+        except Exception:
+            batch = None  # found again below, by the round itself
+        try:
+            await opening
         except Exception as error:  # Redis away: the trip must not stay without a dispatcher
             log.warning("dispatch: cannot open the dispatch of trip %s (%s); retrying",
                         trip.id, error)
             self._retry_open(dispatching, trip)
             return
         try:
-            await self._next_round(dispatching, trip)
+            await self._next_round(dispatching, trip, batch)
         except Exception as error:  # the trip's timer (this process's) tries again
             log.warning("dispatch: the first round of trip %s failed: %s", trip.id, error)
         self._drive(trip.id)
@@ -125,8 +133,10 @@ class NearestStrategy(BroadcastStrategy):
 
     # Rounds
 
-    async def _next_round(self, dispatching: Dispatching, trip: Trip | None = None) -> None:
-        """Offer the trip to the next batch, if nobody began that round meanwhile."""
+    async def _next_round(self, dispatching: Dispatching, trip: Trip | None = None,
+                          batch: tuple[list[NearbyDriver], float] | None = None) -> None:
+        """Offer the trip to the next batch (`batch` when already found), if nobody began
+        that round meanwhile."""
         now = time.time()
         if now >= dispatching.deadline:
             return  # the lease holder cancels it
@@ -135,7 +145,7 @@ class NearestStrategy(BroadcastStrategy):
             if trip is None or trip.status is not TripStatus.REQUESTED or trip.driver_id:
                 await self._settle(dispatching.trip_id, trip)
                 return
-        found, radius = await self._next_batch(dispatching)
+        found, radius = batch or await self._next_batch(dispatching)
         ends = min(now + self.config.offer_timeout, dispatching.deadline)
         first = not dispatching.offers and not dispatching.excluded
         ended = await self.offers.begin_round(

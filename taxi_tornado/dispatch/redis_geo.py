@@ -10,8 +10,9 @@ Keys, under `<hub.prefix>:dispatch:`:
   `nodes` (a sorted set of heartbeats): so that the drivers of a process that died
   without closing its sockets are forgotten by the others.
 
-Reports are written behind: the positions reported during one loop turn leave in one
-pipeline, so that thousands of `driver.location` frames a second cost a few round trips.
+Reports are written behind: the positions reported within FLUSH_DELAY_S leave in one
+pipeline, so that thousands of `driver.location` frames a second cost a few round trips
+(a query on this process writes what is pending first, so it never misses a report).
 Positions are compared with wall-clock time: the processes' clocks must agree to well
 within `dispatch.location_ttl` (NTP does that).
 """
@@ -19,6 +20,7 @@ within `dispatch.location_ttl` (NTP does that).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Collection
@@ -35,6 +37,7 @@ log = logging.getLogger("taxi_tornado.dispatch")
 # is dropped (their positions stopped counting long before: they are no longer reported).
 NODE_TIMEOUT_MS = 30_000
 PURGE_BATCH = 1000
+FLUSH_DELAY_S = 0.05
 
 LEAVE = """
 local field = 'n:' .. ARGV[1]
@@ -159,6 +162,7 @@ class RedisLocationIndex(LocationIndex):
         self._presence_lock = asyncio.Lock()
         self._pending: dict[str, tuple[float, float, float | None, int]] = {}
         self._flushing: asyncio.Task[None] | None = None
+        self._flush_now = asyncio.Event()
         self._failing = False
         self._leave = redis.register_script(LEAVE)
         self._reap = redis.register_script(REAP)
@@ -223,9 +227,11 @@ class RedisLocationIndex(LocationIndex):
             self._flushing = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
-        """Write what was reported, one pipeline per loop turn, until nothing is left."""
+        """Write what was reported, one pipeline at a time, until nothing is left."""
         try:
-            await asyncio.sleep(0)  # let the rest of this loop turn's reports join
+            with contextlib.suppress(TimeoutError):  # let more reports join
+                await asyncio.wait_for(self._flush_now.wait(), FLUSH_DELAY_S)
+            self._flush_now.clear()
             while self._pending:
                 batch, self._pending = self._pending, {}
                 await self._write(batch)
@@ -257,8 +263,10 @@ class RedisLocationIndex(LocationIndex):
             log.warning("dispatch: driver positions reach Redis again")
 
     async def _written(self) -> None:
+        """Wait until every report made so far is in Redis (writing them now)."""
         flushing = self._flushing
         if flushing is not None:
+            self._flush_now.set()
             await asyncio.shield(flushing)
 
     async def forget(self, driver_id: str) -> None:
