@@ -162,7 +162,9 @@ class Ingest(Scenario):
         errors = sum(item["error_frames"] for item in done)
         relays = sum(item["relays_sent"] for item in done)
         ingested = None
-        if self.target.kind == "taxi":
+        forked = any(item.startswith("TAXI_SERVER_PROCESSES=") and item != (
+            "TAXI_SERVER_PROCESSES=1") for item in args.server_env)
+        if self.target.kind == "taxi" and not forked:  # /metrics is one process's
             ingested = location_frames_in(self.target.port) - errors
         result: dict[str, Any] = {
             "drivers": sum(item["drivers"] for item in ready),
