@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from functools import lru_cache
 from typing import Any
@@ -50,6 +51,8 @@ class H3LocationIndex(LocationIndex):
         self._clock = clock
         self._drivers: dict[str, _Driver] = {}
         self._cells: dict[int, set[str]] = {}
+        # Located drivers, oldest report first: upkeep stops at the first fresh one.
+        self._by_report: OrderedDict[str, None] = OrderedDict()
 
     async def connect(self, driver_id: str, version: int) -> None:
         driver = self._drivers.get(driver_id)
@@ -86,12 +89,15 @@ class H3LocationIndex(LocationIndex):
             driver.cell = cell
         driver.lat, driver.lng, driver.heading = lat, lng, heading
         driver.seen = self._clock()
+        self._by_report[driver_id] = None
+        self._by_report.move_to_end(driver_id)
 
     async def forget(self, driver_id: str) -> None:
         driver = self._drivers.get(driver_id)
         if driver is None:
             return
         self._leave_cell(driver_id, driver)
+        self._by_report.pop(driver_id, None)
         driver.cell, driver.seen = None, -math.inf
         driver.unavailable = driver.busy = False
         if not (driver.v1 or driver.v2):
@@ -157,13 +163,20 @@ class H3LocationIndex(LocationIndex):
         return Census(connected, located, available)
 
     async def maintain(self) -> None:
-        """Drop positions past their ttl, and drivers left with nothing to remember."""
+        """Drop positions past their ttl, and drivers left with nothing to remember; the
+        cost follows the expired positions, not the drivers."""
         fresh_since = self._clock() - self.ttl
-        for driver_id, driver in list(self._drivers.items()):
-            if driver.cell is not None and driver.seen < fresh_since:
-                self._leave_cell(driver_id, driver)
-                driver.cell = None
-            if not (driver.v1 or driver.v2 or driver.cell is not None):
+        while self._by_report:
+            driver_id = next(iter(self._by_report))
+            driver = self._drivers.get(driver_id)
+            if driver is not None and driver.seen >= fresh_since:
+                return
+            del self._by_report[driver_id]
+            if driver is None:
+                continue
+            self._leave_cell(driver_id, driver)
+            driver.cell = None
+            if not (driver.v1 or driver.v2):
                 del self._drivers[driver_id]
 
     def _leave_cell(self, driver_id: str, driver: _Driver) -> None:
