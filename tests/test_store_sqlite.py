@@ -81,3 +81,19 @@ async def test_database_from_before_positions_upgrades_itself_on_open(tmp_path: 
     reopened = SQLiteStore(str(path))  # a second open finds the columns and adds nothing
     await reopened.open()
     await reopened.close()
+
+
+async def test_two_processes_opening_one_old_database_at_once_both_succeed(
+        tmp_path: Path) -> None:
+    path = tmp_path / "taxi.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_TRIPS_TABLE)
+    stores = [SQLiteStore(str(path)) for _ in range(8)]
+    try:  # forked workers start together
+        await asyncio.gather(*(store.open() for store in stores))
+        made = await stores[0].create_trip("u1", "C", "D", drop_off=LatLng(1.0, 2.0))
+        stored = await stores[-1].get_trip(made.id)
+        assert stored is not None and stored.drop_off == LatLng(1.0, 2.0)
+    finally:
+        for store in stores:
+            await store.close()

@@ -45,14 +45,18 @@ CREATE TABLE IF NOT EXISTS trips (
     drop_off_address TEXT NOT NULL,
     status TEXT NOT NULL,
     rider_id TEXT REFERENCES users(id),
-    driver_id TEXT REFERENCES users(id)
+    driver_id TEXT REFERENCES users(id),
+    pick_up_lat REAL,
+    pick_up_lng REAL,
+    drop_off_lat REAL,
+    drop_off_lng REAL
 );
 CREATE INDEX IF NOT EXISTS trips_rider ON trips(rider_id, created);
 CREATE INDEX IF NOT EXISTS trips_driver ON trips(driver_id, created);
 CREATE INDEX IF NOT EXISTS trips_status ON trips(status, created);
 """
-# Columns added after the first release: open() adds each one a database lacks, so an
-# existing file upgrades itself (SQLite's ADD COLUMN leaves old rows NULL).
+# Columns added after the first release: open() adds each one a database made before
+# lacks, so an existing file upgrades itself (SQLite's ADD COLUMN leaves old rows NULL).
 ADDED_TRIP_COLUMNS = (
     ("pick_up_lat", "REAL"),
     ("pick_up_lng", "REAL"),
@@ -109,10 +113,17 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open SQLite database {self.path}: {error}") from error
 
     async def _add_missing_columns(self) -> None:
+        """Several worker processes may open one old file at once: a column another added
+        meanwhile is not an error."""
         present = {row[1] for row in await self.db.execute_fetchall("PRAGMA table_info(trips)")}
         for name, kind in ADDED_TRIP_COLUMNS:
-            if name not in present:
+            if name in present:
+                continue
+            try:
                 await self.db.execute(f"ALTER TABLE trips ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as error:
+                if "duplicate column" not in str(error):
+                    raise
 
     async def close(self) -> None:
         await self._users.drain()
