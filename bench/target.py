@@ -131,11 +131,15 @@ def free_port() -> int:
         return port
 
 
-def raise_fd_limit() -> None:
-    """Thousands of sockets need more than the default 1,024 descriptors."""
+def raise_fd_limit(wanted: int = 65536) -> None:
+    """Thousands of sockets need more than the default 1,024 descriptors (root may raise
+    the hard limit too: 20,000 drivers need more than a 20,000 hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, wanted), max(hard, wanted)))
+    except (ValueError, OSError):
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Target:
@@ -195,9 +199,12 @@ class Target:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` so far (CLK_TCK 100)."""
+    """User + system CPU of `pid` and its live children (forked workers) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(item) for item in children.read_text().split()] if children.exists() else []
+    return own + sum(cpu_seconds(kid) for kid in kids)
 
 
 def rss_kib(pid: int) -> int:

@@ -20,7 +20,7 @@ from tornado.netutil import bind_sockets
 from tornado.routing import Rule
 
 from taxi_tornado.drain import DrainingHTTPServer
-from taxi_tornado.handlers import api, auth, socket
+from taxi_tornado.handlers import api, auth, drivers, socket
 from taxi_tornado.handlers.base import HostRefused, InvalidHostHandler, NotFoundHandler
 from taxi_tornado.handlers.body_limit import MIB, UNLIMITED, BodyLimit
 from taxi_tornado.handlers.keepalive import Keepalive
@@ -55,6 +55,7 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/api/trip/?", api.TripListHandler, kwargs),
         (r"/api/trip/([^/]+)/?", api.TripDetailHandler, kwargs),
         (r"/api/hub/publish/?", api.HubPublishHandler, kwargs),
+        (r"/api/drivers/nearby/?", drivers.NearbyDriversHandler, kwargs),
         (r"/media/photos/([^/]+)", auth.PhotoHandler, kwargs),
     ]
     routes += plugin_routes(services, [rule[0] for rule in routes if isinstance(rule, tuple)])
@@ -96,6 +97,7 @@ class Server:
             app = build_application(services)  # a plugin claiming a core path stops here
             await services.store.open()
             await services.hub.start()
+            await services.dispatch.start()
             await services.plugin_tasks.start()
         except BaseException:
             for sock in sockets:
@@ -159,6 +161,7 @@ class Server:
         await services.plugin_tasks.shut_down()
         self.keepalive.stop()
         services.expiry.stop()
+        await services.dispatch.stop()
         await services.hub.stop()
         await services.store.close()
         self._stopped.set()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from taxi_tornado import __version__
 from taxi_tornado.app import Server, build_application, listen_sockets
 from taxi_tornado.auth import hash_password
+from taxi_tornado.dispatch.service import strategy_factory
 from taxi_tornado.handlers.auth import validate_sign_up
 from taxi_tornado.logs import setup_logging
 from taxi_tornado.plugins.api import PluginError
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
     registry, plugins = load_plugins(settings=settings.plugins)
+    strategy_factory(settings, registry)  # an unknown dispatch.mode stops us here
     settings = with_secret(settings)
     services = build_services(settings, registry, plugins)
     build_application(services)  # a plugin route on a core path stops us here, once
@@ -146,6 +148,7 @@ async def _serve(server: Server) -> int:
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
     registry, plugins = load_plugins(settings=settings.plugins)
+    strategy_factory(settings, registry)
     build_application(build_services(settings, registry, plugins))
     print(f"settings OK: store {settings.store_url}, hub {settings.hub.url}, "
           f"{len(plugins)} plugins")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from taxi_tornado.auth import TokenAuthority
+from taxi_tornado.dispatch.service import Dispatch
 from taxi_tornado.handlers.expiry import TokenExpiry
 from taxi_tornado.hub import HistoryLimits, Hub, build_broker
 from taxi_tornado.plugins.api import Registry
@@ -38,6 +39,7 @@ class Services:
     registry: Registry
     tokens: TokenAuthority
     plugin_tasks: PluginTasks
+    dispatch: Dispatch
     plugins: list[PluginInfo] = field(default_factory=list)
     sockets: set[TaxiSocket] = field(default_factory=set)
     draining: bool = False
@@ -75,5 +77,6 @@ def build_services(settings: Settings, registry: Registry | None = None,
         registry=registry,
         tokens=TokenAuthority(settings.auth),
         plugin_tasks=PluginTasks(registry, hub, store, settings),
+        dispatch=Dispatch(settings, hub, store, registry),
         plugins=plugins or [],
     )

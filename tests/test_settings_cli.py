@@ -68,6 +68,12 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     ({"TAXI_SERVER_TLS_CERT": "/nonexistent.pem"}, "server.tls_cert"),
     ({"TAXI_SERVER_PROCESSES": "2"}, "server.processes"),
     ({"TAXI_SERVER_ALLOWED_ORIGINS": "localhost:3000"}, "server.allowed_origins"),
+    ({"TAXI_DISPATCH_BATCH": "0"}, "dispatch.batch"),
+    ({"TAXI_DISPATCH_RADIUS_M": "-5"}, "dispatch.radius_m"),
+    ({"TAXI_DISPATCH_MAX_RADIUS_M": "100"}, "dispatch.max_radius_m"),
+    ({"TAXI_DISPATCH_OFFER_TIMEOUT": "0"}, "dispatch.offer_timeout"),
+    ({"TAXI_DISPATCH_MAX_WAIT": "soon"}, "dispatch.max_wait"),
+    ({"TAXI_DISPATCH_LOCATION_TTL": "0"}, "dispatch.location_ttl"),
 ])
 def test_bad_value_names_the_key(env: dict[str, str], key: str) -> None:
     with pytest.raises(SettingsError) as caught:

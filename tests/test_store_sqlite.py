@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from taxi_tornado.store import StoreError
+from taxi_tornado.store import LatLng, StoreError
 from taxi_tornado.store.sqlite import SQLiteStore
 from tests.store_contract import StoreContract, StoreFactory
 
@@ -75,3 +75,53 @@ async def test_users_stored_before_compatibility_folding_get_the_new_key(
         assert "folds to the name of another user" in caplog.text
     finally:
         await reopened.close()
+
+
+OLD_TRIPS_TABLE = """
+CREATE TABLE users (id TEXT PRIMARY KEY, username TEXT NOT NULL,
+    username_key TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL, grp TEXT NOT NULL,
+    first_name TEXT NOT NULL DEFAULT '', last_name TEXT NOT NULL DEFAULT '', photo TEXT,
+    created TEXT NOT NULL);
+CREATE TABLE trips (id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    pick_up_address TEXT NOT NULL, drop_off_address TEXT NOT NULL, status TEXT NOT NULL,
+    rider_id TEXT REFERENCES users(id), driver_id TEXT REFERENCES users(id));
+INSERT INTO users VALUES ('u1', 'old', 'old', 'hash', 'rider', '', '', NULL,
+    '2026-01-01T00:00:00.000000+00:00');
+INSERT INTO trips VALUES ('t1', '2026-01-01T00:00:00.000000+00:00',
+    '2026-01-01T00:00:00.000000+00:00', 'A', 'B', 'REQUESTED', 'u1', NULL);
+"""
+
+
+async def test_database_from_before_positions_upgrades_itself_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "taxi.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_TRIPS_TABLE)
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        before = await store.get_trip("t1")
+        assert before is not None and (before.pick_up, before.drop_off) == (None, None)
+        made = await store.create_trip("u1", "C", "D", pick_up=LatLng(48.85, 2.35))
+        stored = await store.get_trip(made.id)
+        assert stored is not None and stored.pick_up == LatLng(48.85, 2.35)
+    finally:
+        await store.close()
+    reopened = SQLiteStore(str(path))  # a second open finds the columns and adds nothing
+    await reopened.open()
+    await reopened.close()
+
+
+async def test_two_processes_opening_one_old_database_at_once_both_succeed(
+        tmp_path: Path) -> None:
+    path = tmp_path / "taxi.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_TRIPS_TABLE)
+    stores = [SQLiteStore(str(path)) for _ in range(8)]
+    try:  # forked workers start together
+        await asyncio.gather(*(store.open() for store in stores))
+        made = await stores[0].create_trip("u1", "C", "D", drop_off=LatLng(1.0, 2.0))
+        stored = await stores[-1].get_trip(made.id)
+        assert stored is not None and stored.drop_off == LatLng(1.0, 2.0)
+    finally:
+        for store in stores:
+            await store.close()

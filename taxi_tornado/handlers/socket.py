@@ -107,7 +107,7 @@ class TaxiSocket(WebSocketHandler):
             return
         version = 2 if SUBPROTOCOL_V2 in offered else 1
         conn = Connection(user, version, services.hub, services.store, services.settings,
-                          base_url(self.request, services.settings.server))
+                          base_url(self.request, services.settings.server), services.dispatch)
         if version >= 2:  # v1 stays authenticated until it closes, as in the seed app
             conn.expires = float(claims["exp"])
         self.connection = conn

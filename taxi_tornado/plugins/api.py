@@ -24,12 +24,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from taxi_tornado.frames import DecodeError, decode, message_frame
 from taxi_tornado.hub import Hub, Position
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import Store, User
+
+if TYPE_CHECKING:
+    from taxi_tornado.dispatch.service import Dispatch
+    from taxi_tornado.dispatch.strategy import StrategyFactory
 
 ENTRY_POINT_GROUP = "taxi_tornado.plugins"
 MAX_TYPE_LENGTH = 64
@@ -92,17 +96,17 @@ class Connection:
     """One authenticated client socket, as plugins see it.
 
     `user` is who opened it; `version` the protocol version it speaks (1 or 2); `hub`,
-    `store` and `settings` are the server's; `expires` when its access token expires
-    (Unix time; None for v1, which stays authenticated until it closes). Frames sent
-    before the socket is open are held and written when it opens. Once `closed` (the
+    `store`, `settings` and `dispatch` are the server's; `expires` when its access token
+    expires (Unix time; None for v1, which stays authenticated until it closes). Frames
+    sent before the socket is open are held and written when it opens. Once `closed` (the
     socket is closing or gone, or its upgrade failed) it holds nothing, sends nothing,
     and joins no group.
     """
 
     # Thousands of these live at once: slots keep each about half a kilobyte smaller.
     __slots__ = ("_held", "_pending", "_received", "_transport", "base_url", "closed",
-                 "expires", "groups", "hub", "id", "settings", "state", "store", "user",
-                 "version")
+                 "dispatch", "expires", "groups", "hub", "id", "settings", "state", "store",
+                 "user", "version")
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class Connection:
         store: Store,
         settings: Settings,
         base_url: str,
+        dispatch: Dispatch | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.user = user
@@ -120,6 +125,7 @@ class Connection:
         self.store = store
         self.settings = settings
         self.base_url = base_url
+        self.dispatch = dispatch  # the server's Dispatch: location index and strategy
         self.groups: set[str] = set()
         self.state: dict[str, Any] = {}  # free for plugins, keyed by plugin name
         self.expires: float | None = None
@@ -401,6 +407,13 @@ def task_name(function: Callable[..., Any]) -> str:
     return str(getattr(function, "__qualname__", None) or function)
 
 
+@dataclass(frozen=True)
+class DispatchStrategyEntry:
+    name: str
+    factory: StrategyFactory
+    plugin: str
+
+
 @dataclass
 class Registry:
     """What plugins register into; built once at start-up, read per frame.
@@ -418,6 +431,7 @@ class Registry:
     periodic_tasks: list[PeriodicTask] = field(default_factory=list)
     configs: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # set by the loader
     setting_specs: dict[str, type] = field(default_factory=dict)
+    dispatch_strategies: dict[str, DispatchStrategyEntry] = field(default_factory=dict)
     plugin: str = "<core>"  # the plugin whose setup() is running
 
     def add_message_type(
@@ -450,6 +464,24 @@ class Registry:
                 f"plugins {owner.plugin!r} and {self.plugin!r} both register message "
                 f"type {name!r}; disable one with plugins.disabled"
             )
+
+    def add_dispatch_strategy(
+        self, name: str, factory: StrategyFactory, *, override: bool = False
+    ) -> None:
+        """Offer a dispatch strategy under `name`, for `dispatch.mode` to choose.
+
+        `factory(context)` builds it once at start-up (docs/dispatch.md). Registering a
+        name another plugin owns fails, naming both plugins, unless `override=True`.
+        """
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {self.plugin!r}: a dispatch strategy needs a name")
+        owner = self.dispatch_strategies.get(name)
+        if owner is not None and not override:
+            raise PluginError(
+                f"plugins {owner.plugin!r} and {self.plugin!r} both register dispatch "
+                f"strategy {name!r}; disable one with plugins.disabled"
+            )
+        self.dispatch_strategies[name] = DispatchStrategyEntry(name, factory, self.plugin)
 
     def on_connect(self, hook: ConnectionHook) -> None:
         """Run `hook(conn)` for every new connection before its handshake completes."""

@@ -99,5 +99,7 @@ def _info(entry: EntryPoint, registry: Registry) -> PluginInfo:
         types=tuple(registry.types_of(entry.name)),
         routes=tuple(registry.routes_of(entry.name)),
         tasks=tuple(registry.tasks_of(entry.name)),
+        strategies=tuple(sorted(name for name, strategy in registry.dispatch_strategies.items()
+                                if strategy.plugin == entry.name)),
         settings=tuple(describe_spec(entry.name, spec)) if spec else (),
     )

@@ -1,17 +1,22 @@
-"""The `trips` plugin: request, claim, progress, cancel, and live driver location.
+"""The `trips` plugin: request, claim, progress, cancel, decline, and live driver location.
 
 Every change is stored before anybody hears of it; a claim is the store's compare-and-set,
-so when drivers race exactly one wins. Notices that the course's React client would
-misread (a trip taken, a location) go only to v2 connections.
+so when drivers race exactly one wins. Who hears of a new trip, and which drivers may see
+and claim it, is the dispatch strategy's business (`dispatch.mode`): this plugin calls it
+and never knows which one runs. Notices that the course's React client would misread (a
+trip taken, a location) go only to v2 connections.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from taxi_tornado import metrics
+from taxi_tornado.dispatch.service import dispatch_of
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
 from taxi_tornado.plugins.trip_quota import TripQuota
-from taxi_tornado.store import Trip, TripStatus, format_time, now
+from taxi_tornado.store import LatLng, Trip, TripStatus, format_time, now
 
 DRIVERS = "drivers"
 V2 = 2
@@ -23,6 +28,7 @@ def setup(registry: Registry) -> None:
                               aliases=("create.trip",))
     registry.add_message_type("trip.update", update_trip, aliases=("update.trip",))
     registry.add_message_type("trip.cancel", cancel_trip)
+    registry.add_message_type("trip.decline", decline_trip)
     registry.add_message_type("driver.location", driver_location)
     registry.on_connect(join_trip_groups)
 
@@ -45,13 +51,16 @@ async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:
     errors: dict[str, list[str]] = {}
     pick_up = _address(fields, "pick_up_address", errors)
     drop_off = _address(fields, "drop_off_address", errors)
+    pick_up_at = _position(fields, "pick_up", errors)
+    drop_off_at = _position(fields, "drop_off", errors)
     _own_id(conn, fields, "rider", errors)
     if errors:
         raise ProtocolError("invalid", "The trip request is not valid.", errors)
-    trip = await conn.store.create_trip(conn.user.id, pick_up, drop_off)
+    trip = await conn.store.create_trip(conn.user.id, pick_up, drop_off, pick_up_at,
+                                        drop_off_at)
     message = trip_message(trip, conn)
     await conn.join(trip.id)
-    await conn.send_group(DRIVERS, message)
+    await dispatch_of(conn).strategy.dispatch(conn, trip)
     return message
 
 
@@ -82,6 +91,8 @@ async def update_trip(conn: Connection, data: Any) -> dict[str, Any]:
         raise ProtocolError("conflict", "The trip changed while you were updating it.")
     message = trip_message(updated, conn)
     await conn.send_group(trip.id, message, exclude_self=True)
+    if updated.status.is_final:
+        await dispatch_of(conn).trip_changed(conn.user.id)
     return message
 
 
@@ -94,10 +105,13 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
     )
     if claimed is None:
         raise ProtocolError("conflict", "Another driver has taken this trip.")
+    metrics.CLAIM_SECONDS.observe(max(0.0, time.time() - trip.created.timestamp()))
+    dispatch = dispatch_of(conn)
+    await dispatch.trip_changed(conn.user.id)
     message = trip_message(claimed, conn)
     await conn.join(trip.id)
     await conn.send_group(trip.id, message, exclude_self=True)
-    await conn.send_group(DRIVERS, message, exclude_self=True, min_version=V2)
+    await dispatch.strategy.claimed(conn, claimed)
     return message
 
 
@@ -120,12 +134,30 @@ async def cancel_trip(conn: Connection, data: Any) -> dict[str, Any]:
     message = trip_message(canceled, conn)
     await conn.send_group(trip.id, message, exclude_self=True)
     if trip.status is TripStatus.REQUESTED:
-        await conn.send_group(DRIVERS, message, min_version=V2)
+        await dispatch_of(conn).strategy.canceled(conn, canceled)
+    if trip.driver_id is not None:
+        await dispatch_of(conn).trip_changed(trip.driver_id)
     return message
 
 
+async def decline_trip(conn: Connection, data: Any) -> dict[str, Any]:
+    """A driver turns down the trip they were offered (`nearest` dispatch)."""
+    _require_group(conn, "driver", "Only drivers decline trips.")
+    fields = _object(data)
+    errors: dict[str, list[str]] = {}
+    trip_id = _trip_id(fields, errors)
+    if errors:
+        raise ProtocolError("invalid", "The decline is not valid.", errors)
+    trip = await conn.store.get_trip(trip_id)
+    if trip is None or not await dispatch_of(conn).strategy.decline(conn, trip):
+        raise ProtocolError("not_found", "You hold no offer for this trip.")
+    return {"type": "trip.declined", "data": {"id": trip.id}}
+
+
+
 async def driver_location(conn: Connection, data: Any) -> None:
-    """Relay a position to each trip the driver is driving; nothing is stored."""
+    """Record the position in the location index (for dispatch and the nearby API) and
+    relay it to each trip the driver is driving; nothing goes to the store."""
     _require_group(conn, "driver", "Only drivers send their location.")
     fields = _object(data)
     errors: dict[str, list[str]] = {}
@@ -135,8 +167,11 @@ async def driver_location(conn: Connection, data: Any) -> None:
     speed = _number(fields, "speed", 0, 1000, errors)
     if errors:
         raise ProtocolError("invalid", "The location is not valid.", errors)
+    assert lat is not None and lng is not None
+    dispatch = dispatch_of(conn)
+    await dispatch.locations.put(conn.user.id, lat, lng, heading)
     at = format_time(now())
-    for trip_id in await conn.store.active_trip_ids(conn.user.id):
+    for trip_id in await dispatch.trips.of(conn.user.id):
         message = {"type": "driver.location", "data": {
             "driver": conn.user.id, "trip": trip_id, "lat": lat, "lng": lng,
             "heading": heading, "speed": speed, "at": at,
@@ -146,12 +181,18 @@ async def driver_location(conn: Connection, data: Any) -> None:
 
 
 async def _get_trip(conn: Connection, trip_id: str) -> Trip:
-    """The trip if the user may act on it; a driver may see REQUESTED trips and their own."""
+    """The trip if the user may act on it: a rider their own; a driver their own, and the
+    REQUESTED trips the dispatch strategy shows them (in `nearest`, those they were
+    offered: this check is part of every claim)."""
     trip = await conn.store.get_trip(trip_id)
     if trip is None:
         raise ProtocolError("not_found", "No such trip.")
     user = conn.user
     if user.group == "rider" and trip.rider_id != user.id:
+        raise ProtocolError("not_found", "No such trip.")
+    if (user.group == "driver" and trip.driver_id is None
+            and trip.status is TripStatus.REQUESTED
+            and not await dispatch_of(conn).strategy.visible(user.id, [trip])):
         raise ProtocolError("not_found", "No such trip.")
     return trip
 
@@ -176,6 +217,26 @@ def _address(fields: dict[str, Any], name: str, errors: dict[str, list[str]]) ->
     if len(value) > MAX_ADDRESS:
         errors[name] = [f"Ensure this field has no more than {MAX_ADDRESS} characters."]
     return value
+
+
+def _position(fields: dict[str, Any], name: str,
+              errors: dict[str, list[str]]) -> LatLng | None:
+    """An optional {"lat", "lng"} object; its errors are listed under `name`."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors[name] = ['Expected an object with "lat" and "lng".']
+        return None
+    problems: dict[str, list[str]] = {}
+    lat = _number(value, "lat", -90, 90, problems, required=True)
+    lng = _number(value, "lng", -180, 180, problems, required=True)
+    if problems:
+        errors[name] = [f"{key}: {message}" for key, messages in problems.items()
+                        for message in messages]
+        return None
+    assert lat is not None and lng is not None
+    return LatLng(lat, lng)
 
 
 def _own_id(
