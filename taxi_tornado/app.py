@@ -17,10 +17,11 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from taxi_tornado.handlers import api, auth, socket
+from taxi_tornado.handlers import admin, api, auth, socket
 from taxi_tornado.handlers.base import NotFoundHandler
 from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.logs import log_request
+from taxi_tornado.plugins.admin import listen_for_commands
 from taxi_tornado.services import Services, build_services
 from taxi_tornado.settings import Settings, SettingsError
 
@@ -47,6 +48,8 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/readyz/?", api.ReadyHandler, kwargs),
         (r"/metrics/?", api.MetricsHandler, kwargs),
     ]
+    if services.settings.admin.enabled:
+        routes += admin.routes(services)
     return tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
@@ -77,6 +80,9 @@ class Server:
         services = self.services
         await services.store.open()
         await services.hub.start()
+        if self.settings.admin.enabled:
+            await services.monitor.start()
+            await listen_for_commands(services.hub)
         server = self.settings.server
         app = build_application(services)
         self.http = HTTPServer(
@@ -123,6 +129,7 @@ class Server:
         for task in list(services.tasks):
             await asyncio.wait([task], timeout=1)
         self.keepalive.stop()
+        await services.monitor.stop()
         await services.hub.stop()
         await services.store.close()
         self._stopped.set()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.hub import Hub, build_broker
+from taxi_tornado.monitor import Monitor
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
 from taxi_tornado.settings import Settings
@@ -38,6 +39,10 @@ class Services:
     sockets: set[TaxiSocket] = field(default_factory=set)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    monitor: Monitor = field(init=False)  # the operators' view (admin.enabled)
+
+    def __post_init__(self) -> None:
+        self.monitor = Monitor(self)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""

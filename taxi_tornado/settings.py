@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -87,6 +88,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    enabled: bool = True
+    tile_url: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("taxi-data")
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -97,6 +104,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @property
     def store_url(self) -> str:
@@ -118,6 +126,9 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HUB_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
+# A map tile URL for the operators' page: the browser fetches it, so it must be http(s).
+TILE_URL = re.compile(r"https?://[^/\s\"'<>]+/(?=[^\s\"'<>]*\{z\})(?=[^\s\"'<>]*\{x\})"
+                      r"(?=[^\s\"'<>]*\{y\})[^\s\"'<>]*")
 
 
 def load_settings(
@@ -284,6 +295,9 @@ def _validate(s: Settings) -> None:
         (s.limits.burst >= 1, "limits.burst: must be at least 1"),
         (s.limits.outbound_queue >= 1, "limits.outbound_queue: must be at least 1"),
         (s.log.format in LOG_FORMATS, f"log.format: must be text or json, got {s.log.format!r}"),
+        (not s.admin.tile_url or TILE_URL.fullmatch(s.admin.tile_url) is not None,
+         "admin.tile_url: must be an http(s):// URL with {z}, {x} and {y}, "
+         f"e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png, got {s.admin.tile_url!r}"),
         (s.log.level in LOG_LEVELS,
          f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}"),
     ]

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from taxi_tornado.hub import Hub
+from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
-from taxi_tornado.store import Trip, TripStatus, format_time, now
+from taxi_tornado.settings import Settings
+from taxi_tornado.store import Store, Trip, TripStatus, format_time, now
 
 DRIVERS = "drivers"
 V2 = 2
@@ -50,6 +53,7 @@ async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:
     message = trip_message(trip, conn)
     await conn.join(trip.id)
     await conn.send_group(DRIVERS, message)
+    await _tell_staff(conn.hub, conn.settings, message)
     return message
 
 
@@ -80,6 +84,7 @@ async def update_trip(conn: Connection, data: Any) -> dict[str, Any]:
         raise ProtocolError("conflict", "The trip changed while you were updating it.")
     message = trip_message(updated, conn)
     await conn.send_group(trip.id, message, exclude_self=True)
+    await _tell_staff(conn.hub, conn.settings, message)
     return message
 
 
@@ -96,6 +101,7 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
     await conn.join(trip.id)
     await conn.send_group(trip.id, message, exclude_self=True)
     await conn.send_group(DRIVERS, message, exclude_self=True, min_version=V2)
+    await _tell_staff(conn.hub, conn.settings, message)
     return message
 
 
@@ -107,19 +113,51 @@ async def cancel_trip(conn: Connection, data: Any) -> dict[str, Any]:
     if errors:
         raise ProtocolError("invalid", "The cancel request is not valid.", errors)
     trip = await _get_trip(conn, trip_id)
+    canceled = await _cancel(conn.store, trip)
+    message = trip_message(canceled, conn)
+    await _announce_cancel(conn.hub, conn.settings, trip.status, message, exclude=conn.id)
+    return message
+
+
+async def cancel_for_staff(
+    hub: Hub, store: Store, settings: Settings, trip_id: str, base_url: str
+) -> dict[str, Any]:
+    """An operator cancels a trip (the admin API): riders and drivers are told exactly as
+    when the rider cancels, and nobody is excluded. Returns the `trip.updated` message."""
+    trip = await store.get_trip(trip_id)
+    if trip is None:
+        raise ProtocolError("not_found", "No such trip.")
+    canceled = await _cancel(store, trip)
+    message = {"type": "trip.updated", "data": canceled.to_json(base_url)}
+    await _announce_cancel(hub, settings, trip.status, message, exclude=None)
+    return message
+
+
+async def _cancel(store: Store, trip: Trip) -> Trip:
     if trip.status not in (TripStatus.REQUESTED, TripStatus.STARTED):
         raise _transition(trip.status, TripStatus.CANCELED)
-    canceled = await conn.store.update_trip(
+    canceled = await store.update_trip(
         trip.id, expected_status=trip.status, expected_driver_id=trip.driver_id,
         status=TripStatus.CANCELED, driver_id=trip.driver_id,
     )
     if canceled is None:
         raise ProtocolError("conflict", "The trip changed while you were canceling it.")
-    message = trip_message(canceled, conn)
-    await conn.send_group(trip.id, message, exclude_self=True)
-    if trip.status is TripStatus.REQUESTED:
-        await conn.send_group(DRIVERS, message, min_version=V2)
-    return message
+    return canceled
+
+
+async def _announce_cancel(hub: Hub, settings: Settings, was: TripStatus,
+                           message: dict[str, Any], exclude: str | None) -> None:
+    """The trip's group hears it; so does the drivers' pool (v2) when nobody held it."""
+    await hub.send(message["data"]["id"], message, exclude=exclude)
+    if was is TripStatus.REQUESTED:
+        await hub.send(DRIVERS, message, min_version=V2)
+    await _tell_staff(hub, settings, message)
+
+
+async def _tell_staff(hub: Hub, settings: Settings, message: dict[str, Any]) -> None:
+    """Every stored change of a trip also reaches the operators' page (`admin.trip`)."""
+    if settings.admin.enabled:
+        await tell_staff(hub, "admin.trip", message["data"])
 
 
 async def driver_location(conn: Connection, data: Any) -> None:
