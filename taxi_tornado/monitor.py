@@ -74,13 +74,11 @@ class Monitor:
         self._started_at = time.monotonic()
         self._history: deque[tuple[float, dict[str, dict[str, float]]]] = deque()
         self._nodes: RedisNodes | None = None
-        self._last: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
     async def start(self) -> None:
         self._nodes = _nodes_for(self.services)
-        self._last = await self.sample()
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -97,7 +95,6 @@ class Monitor:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(STATS_INTERVAL)
             try:
                 await self._tick()
             except asyncio.CancelledError:
@@ -111,15 +108,16 @@ class Monitor:
                 if self._failing:
                     log.warning("operators' stats work again")
                 self._failing = False
+            await asyncio.sleep(STATS_INTERVAL)
 
     async def _tick(self) -> None:
-        self._last = sample = await self.sample()
+        sample = await self.sample()
         if self._nodes is not None:
             await self._nodes.put(sample)
         staff = self.services.hub.groups.get(ADMIN)
         if not staff:
             return
-        frame = message_frame({"type": "admin.stats", "data": await self.overview()})
+        frame = message_frame({"type": "admin.stats", "data": await self.overview(sample)})
         for member in tuple(staff):
             member.deliver(frame)
 
@@ -183,9 +181,11 @@ class Monitor:
 
     # The deployment
 
-    async def nodes(self) -> tuple[list[dict[str, Any]], bool]:
-        """Every live process's latest sample, and whether that list is complete."""
-        local = self._last or await self.sample()
+    async def nodes(self, local: dict[str, Any] | None = None
+                    ) -> tuple[list[dict[str, Any]], bool]:
+        """Every live process's latest sample (this one's `local`, else taken now), and
+        whether that list is complete."""
+        local = local or await self.sample()
         if self._nodes is None:
             return [local], True
         try:
@@ -195,10 +195,10 @@ class Monitor:
         others = [node for node in found if node.get("id") != self.node_id]
         return sorted([local, *others], key=lambda node: str(node.get("started"))), True
 
-    async def overview(self) -> dict[str, Any]:
+    async def overview(self, local: dict[str, Any] | None = None) -> dict[str, Any]:
         """The document of GET /api/admin/ and of the `admin.stats` event."""
         moment = now()
-        nodes, complete = await self.nodes()
+        nodes, complete = await self.nodes(local)
         trips = await self._trips()
         settings = self.services.settings
         return {
