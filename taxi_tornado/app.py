@@ -17,7 +17,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from taxi_tornado.handlers import admin, api, auth, socket
+from taxi_tornado.handlers import admin, api, auth, drivers, socket
 from taxi_tornado.handlers.base import NotFoundHandler
 from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.logs import log_request
@@ -43,6 +43,7 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/api/trip/?", api.TripListHandler, kwargs),
         (r"/api/trip/([^/]+)/?", api.TripDetailHandler, kwargs),
         (r"/api/hub/publish/?", api.HubPublishHandler, kwargs),
+        (r"/api/drivers/nearby/?", drivers.NearbyDriversHandler, kwargs),
         (r"/media/photos/([^/]+)", auth.PhotoHandler, kwargs),
         (r"/healthz/?", api.HealthHandler, kwargs),
         (r"/readyz/?", api.ReadyHandler, kwargs),
@@ -80,6 +81,7 @@ class Server:
         services = self.services
         await services.store.open()
         await services.hub.start()
+        await services.dispatch.start()
         if self.settings.admin.enabled:
             await services.monitor.start()
             await listen_for_commands(services.hub)
@@ -130,6 +132,7 @@ class Server:
             await asyncio.wait([task], timeout=1)
         self.keepalive.stop()
         await services.monitor.stop()
+        await services.dispatch.stop()
         await services.hub.stop()
         await services.store.close()
         self._stopped.set()

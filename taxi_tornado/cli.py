@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from taxi_tornado import __version__
 from taxi_tornado.app import Server, listen_sockets
 from taxi_tornado.auth import hash_password
+from taxi_tornado.dispatch.service import strategy_factory
 from taxi_tornado.handlers.auth import validate_sign_up
 from taxi_tornado.logs import setup_logging
 from taxi_tornado.plugins.api import PluginError
@@ -138,7 +139,8 @@ async def _serve(server: Server) -> int:
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
     open_store(settings.store_url)
-    _, plugins = load_plugins(settings.plugins.disabled)
+    registry, plugins = load_plugins(settings.plugins.disabled)
+    strategy_factory(settings, registry)
     print(f"settings OK: store {settings.store_url}, hub {settings.hub.url}, "
           f"{len(plugins)} plugins")
     return 0

@@ -77,3 +77,23 @@ def group_frames_out(payload: bytes) -> Counter:
         if end > 0 and b"\\" not in name:
             return frames_out(name.decode(errors="replace"))
     return frames_out("other")
+
+# Dispatch (docs/dispatch.md). The driver gauges count every driver the location index
+# knows: with the Redis hub each process reports the whole cluster (aggregate with max).
+DRIVERS_CONNECTED = Gauge("taxi_dispatch_drivers_connected", "Drivers with an open socket.")
+DRIVERS_AVAILABLE = Gauge("taxi_dispatch_drivers_available",
+                          "Drivers connected, available, located and not on a trip.")
+DRIVERS_LOCATED = Gauge("taxi_dispatch_drivers_located",
+                        "Drivers whose position is fresh (dispatch.location_ttl).")
+OFFERS_MADE = Counter("taxi_dispatch_offers_made", "Trip offers sent to drivers.")
+OFFERS_TAKEN = Counter("taxi_dispatch_offers_taken", "Offered trips claimed by a holder.")
+OFFERS_DECLINED = Counter("taxi_dispatch_offers_declined", "Offers declined by their holder.")
+OFFERS_EXPIRED = Counter("taxi_dispatch_offers_expired", "Offers that ended unanswered.")
+TRIPS_UNMATCHED = Counter("taxi_dispatch_trips_unmatched",
+                          "Trips the server canceled after dispatch.max_wait.")
+DISPATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120)
+FIRST_OFFER_SECONDS = Histogram("taxi_dispatch_first_offer_seconds",
+                                "Time from a trip's request to its first offer.",
+                                buckets=DISPATCH_BUCKETS)
+CLAIM_SECONDS = Histogram("taxi_dispatch_claim_seconds",
+                          "Time from a trip's request to its claim.", buckets=DISPATCH_BUCKETS)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from taxi_tornado.auth import TokenAuthority
+from taxi_tornado.dispatch.service import Dispatch
 from taxi_tornado.hub import Hub, build_broker
 from taxi_tornado.monitor import Monitor
 from taxi_tornado.plugins.api import Registry
@@ -35,6 +36,7 @@ class Services:
     hub: Hub
     registry: Registry
     tokens: TokenAuthority
+    dispatch: Dispatch
     plugins: list[PluginInfo] = field(default_factory=list)
     sockets: set[TaxiSocket] = field(default_factory=set)
     draining: bool = False
@@ -61,11 +63,14 @@ def build_services(settings: Settings, registry: Registry | None = None,
     """Everything but the network; plugins load here so that a conflict stops start-up."""
     if registry is None:
         registry, plugins = load_plugins(settings.plugins.disabled)
+    store = open_store(settings.store_url)
+    hub = Hub(build_broker(settings.hub.url, settings.hub.prefix))
     return Services(
         settings=settings,
-        store=open_store(settings.store_url),
-        hub=Hub(build_broker(settings.hub.url, settings.hub.prefix)),
+        store=store,
+        hub=hub,
         registry=registry,
         tokens=TokenAuthority(settings.auth),
+        dispatch=Dispatch(settings, hub, store, registry),
         plugins=plugins or [],
     )

@@ -88,6 +88,17 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class DispatchSettings:
+    mode: str = "broadcast"
+    batch: int = 3
+    radius_m: float = 2000.0
+    max_radius_m: float = 10000.0
+    offer_timeout: float = 15.0
+    max_wait: float = 120.0
+    location_ttl: float = 30.0
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     enabled: bool = True
     tile_url: str = ""
@@ -104,6 +115,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
 
     @property
@@ -295,6 +307,14 @@ def _validate(s: Settings) -> None:
         (s.limits.burst >= 1, "limits.burst: must be at least 1"),
         (s.limits.outbound_queue >= 1, "limits.outbound_queue: must be at least 1"),
         (s.log.format in LOG_FORMATS, f"log.format: must be text or json, got {s.log.format!r}"),
+        (bool(s.dispatch.mode), "dispatch.mode: must name a dispatch strategy"),
+        (s.dispatch.batch >= 1, "dispatch.batch: must be at least 1"),
+        (s.dispatch.radius_m > 0, "dispatch.radius_m: must be positive"),
+        (s.dispatch.max_radius_m >= s.dispatch.radius_m,
+         "dispatch.max_radius_m: must not be smaller than dispatch.radius_m"),
+        (s.dispatch.offer_timeout > 0, "dispatch.offer_timeout: must be positive"),
+        (s.dispatch.max_wait > 0, "dispatch.max_wait: must be positive"),
+        (s.dispatch.location_ttl > 0, "dispatch.location_ttl: must be positive"),
         (not s.admin.tile_url or TILE_URL.fullmatch(s.admin.tile_url) is not None,
          "admin.tile_url: must be an http(s):// URL with {z}, {x} and {y}, "
          f"e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png, got {s.admin.tile_url!r}"),

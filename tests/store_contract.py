@@ -15,7 +15,15 @@ from datetime import UTC, timedelta
 
 import pytest
 
-from taxi_tornado.store import Store, StoreError, Trip, TripStatus, User, UsernameTaken
+from taxi_tornado.store import (
+    LatLng,
+    Store,
+    StoreError,
+    Trip,
+    TripStatus,
+    User,
+    UsernameTaken,
+)
 
 StoreFactory = Callable[[], Store]
 BASE_URL = "https://taxi.example"
@@ -94,6 +102,28 @@ class StoreContract:
         assert data["status"] == "REQUESTED"
         assert data["rider"]["id"] == rider.id
         assert data["driver"] is None
+
+    async def test_trip_positions_round_trip(self, store: Store) -> None:
+        rider = await store.create_user("rider", "hash", "rider")
+        created = await store.create_trip(rider.id, "a", "b", pick_up=LatLng(52.5163, 13.3777),
+                                          drop_off=LatLng(-33.8568, 151.2153))
+        assert created.pick_up == LatLng(52.5163, 13.3777)
+        assert created.drop_off == LatLng(-33.8568, 151.2153)
+        stored = await store.get_trip(created.id)
+        assert stored is not None
+        assert stored.to_json(BASE_URL)["pick_up"] == {"lat": 52.5163, "lng": 13.3777}
+        assert stored.to_json(BASE_URL)["drop_off"] == {"lat": -33.8568, "lng": 151.2153}
+        listed, = await store.list_trips(rider)
+        assert (listed.pick_up, listed.drop_off) == (created.pick_up, created.drop_off)
+
+    async def test_trip_without_positions_has_null_positions(self, store: Store) -> None:
+        rider = await store.create_user("rider", "hash", "rider")
+        driver = await store.create_user("driver", "hash", "driver")
+        trip = await store.create_trip(rider.id, "a", "b", pick_up=LatLng(1.5, 2.5))
+        assert trip.drop_off is None
+        assert trip.to_json(BASE_URL)["drop_off"] is None
+        moved = await claimed(store, trip, driver)
+        assert (moved.pick_up, moved.drop_off) == (LatLng(1.5, 2.5), None)
 
     async def test_stored_trip_equals_created_trip(self, store: Store) -> None:
         rider = await store.create_user("rider", "hash", "rider")

@@ -58,8 +58,24 @@ def test_builtins_load_through_entry_points() -> None:
     names = {plugin.name: plugin for plugin in plugins}
     assert names["echo"].types == ("echo.message",)
     assert set(names["trips"].types) == {"trip.request", "create.trip", "trip.update",
-                                          "update.trip", "trip.cancel", "driver.location"}
+                                          "update.trip", "trip.cancel", "trip.decline",
+                                          "driver.location"}
+    assert names["dispatch"].types == ("driver.status",)
     assert registry.types["create.trip"].alias_of == "trip.request"
+    assert {name: entry.plugin for name, entry in registry.dispatch_strategies.items()} == {
+        "broadcast": "dispatch", "nearest": "dispatch"}
+
+
+def test_two_plugins_registering_one_dispatch_strategy_name_both(
+        fake_plugins: FakeDistributions) -> None:
+    fake_plugins.add("rival", """
+        def setup(registry):
+            registry.add_dispatch_strategy("nearest", lambda context: None)
+    """)
+    with pytest.raises(PluginError) as caught:
+        load_plugins()
+    message = str(caught.value)
+    assert "'dispatch'" in message and "'rival'" in message and "'nearest'" in message
 
 
 def test_two_plugins_claiming_one_type_name_both(fake_plugins: FakeDistributions) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from taxi_tornado.store import StoreError
+from taxi_tornado.store import LatLng, StoreError
 from taxi_tornado.store.sqlite import SQLiteStore
 from tests.store_contract import StoreContract, StoreFactory
 
@@ -47,3 +47,37 @@ async def test_close_answers_the_lookups_already_asked(tmp_path: Path) -> None:
     assert [result.id if result else None for result in found] == [user.id] * 10
     with pytest.raises(StoreError, match="not open"):
         await store.get_user(user.id)
+
+
+OLD_TRIPS_TABLE = """
+CREATE TABLE users (id TEXT PRIMARY KEY, username TEXT NOT NULL,
+    username_key TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL, grp TEXT NOT NULL,
+    first_name TEXT NOT NULL DEFAULT '', last_name TEXT NOT NULL DEFAULT '', photo TEXT,
+    created TEXT NOT NULL);
+CREATE TABLE trips (id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL,
+    pick_up_address TEXT NOT NULL, drop_off_address TEXT NOT NULL, status TEXT NOT NULL,
+    rider_id TEXT REFERENCES users(id), driver_id TEXT REFERENCES users(id));
+INSERT INTO users VALUES ('u1', 'old', 'old', 'hash', 'rider', '', '', NULL,
+    '2026-01-01T00:00:00.000000+00:00');
+INSERT INTO trips VALUES ('t1', '2026-01-01T00:00:00.000000+00:00',
+    '2026-01-01T00:00:00.000000+00:00', 'A', 'B', 'REQUESTED', 'u1', NULL);
+"""
+
+
+async def test_database_from_before_positions_upgrades_itself_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "taxi.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_TRIPS_TABLE)
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        before = await store.get_trip("t1")
+        assert before is not None and (before.pick_up, before.drop_off) == (None, None)
+        made = await store.create_trip("u1", "C", "D", pick_up=LatLng(48.85, 2.35))
+        stored = await store.get_trip(made.id)
+        assert stored is not None and stored.pick_up == LatLng(48.85, 2.35)
+    finally:
+        await store.close()
+    reopened = SQLiteStore(str(path))  # a second open finds the columns and adds nothing
+    await reopened.open()
+    await reopened.close()

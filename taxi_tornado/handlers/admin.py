@@ -19,7 +19,7 @@ from taxi_tornado.auth import InvalidToken, token_from_request
 from taxi_tornado.frames import encode
 from taxi_tornado.handlers.base import NOT_FOUND, TOKEN_INVALID, ApiError, ApiHandler, base_url
 from taxi_tornado.plugins import admin, trips
-from taxi_tornado.plugins.api import ProtocolError
+from taxi_tornado.plugins.api import Connection, ProtocolError
 from taxi_tornado.store import STAFF, User
 
 if TYPE_CHECKING:
@@ -110,10 +110,11 @@ class TripCancelHandler(AdminApiHandler):
     async def post(self, trip_id: str) -> None:
         user = await self.staff()
         services = self.services
+        # The staff user acts through the trips plugin like any client, without a socket.
+        conn = Connection(user, 2, services.hub, services.store, services.settings,
+                          base_url(self.request), services.dispatch)
         try:
-            message = await trips.cancel_for_staff(
-                services.hub, services.store, services.settings, trip_id,
-                base_url(self.request))
+            message = await trips.cancel_for_staff(conn, trip_id)
         except ProtocolError as error:
             status = ACTION_STATUS.get(error.code, 400)
             raise ApiError(status, {"detail": error.detail, "code": error.code}) from None

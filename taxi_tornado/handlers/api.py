@@ -7,6 +7,7 @@ import uuid
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from taxi_tornado.dispatch.strategy import DispatchStrategy
 from taxi_tornado.handlers.base import NOT_FOUND, ApiError, ApiHandler, base_url, field_errors
 from taxi_tornado.store import StoreError, Trip, User
 
@@ -18,10 +19,25 @@ def visible(trip: Trip, user: User) -> bool:
     return trip.rider_id == user.id
 
 
+async def visible_to(trips: list[Trip], user: User, strategy: DispatchStrategy) -> list[Trip]:
+    """The trips a user may see: REQUESTED trips nobody holds are the dispatch strategy's
+    to show (in `nearest`, a driver sees only those they were offered)."""
+    if user.group != "driver":
+        return trips
+    open_trips = [trip for trip in trips
+                  if trip.status == "REQUESTED" and trip.driver_id is None]
+    if not open_trips:
+        return trips
+    shown = {trip.id for trip in await strategy.visible(user.id, open_trips)}
+    return [trip for trip in trips if trip.driver_id is not None
+            or trip.status != "REQUESTED" or trip.id in shown]
+
+
 class TripListHandler(ApiHandler):
     async def get(self) -> None:
         user = await self.authenticate()
-        trips = await self.services.store.list_trips(user)
+        trips = await visible_to(await self.services.store.list_trips(user), user,
+                                 self.services.dispatch.strategy)
         base = base_url(self.request)
         self.write_json([trip.to_json(base) for trip in trips])
 
@@ -33,6 +49,8 @@ class TripDetailHandler(ApiHandler):
             raise ApiError(404, NOT_FOUND)
         trip = await self.services.store.get_trip(trip_id)
         if trip is None or not visible(trip, user):
+            raise ApiError(404, NOT_FOUND)
+        if not await visible_to([trip], user, self.services.dispatch.strategy):
             raise ApiError(404, NOT_FOUND)
         self.write_json(trip.to_json(base_url(self.request)))
 

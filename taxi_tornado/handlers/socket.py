@@ -78,7 +78,7 @@ class TaxiSocket(WebSocketHandler):
             return
         version = 2 if SUBPROTOCOL_V2 in self._offered_subprotocols() else 1
         conn = Connection(user, version, services.hub, services.store, services.settings,
-                          base_url(self.request))
+                          base_url(self.request), services.dispatch)
         self.connection = conn
         await conn.join(f"user:{user.id}")
         for plugin, hook in services.registry.connect_hooks:

@@ -18,12 +18,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taxi_tornado.frames import message_frame
 from taxi_tornado.hub import Hub
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import Store, User
+
+if TYPE_CHECKING:
+    from taxi_tornado.dispatch.service import Dispatch
+    from taxi_tornado.dispatch.strategy import StrategyFactory
 
 ENTRY_POINT_GROUP = "taxi_tornado.plugins"
 MAX_TYPE_LENGTH = 64
@@ -57,13 +61,13 @@ class Connection:
     """One authenticated client socket, as plugins see it.
 
     `user` is who opened it; `version` the protocol version it speaks (1 or 2); `hub`,
-    `store` and `settings` are the server's. Frames sent before the socket is open are
+    `store`, `settings` and `dispatch` are the server's. Frames sent before the socket is open are
     held and written when it opens.
     """
 
     # Thousands of these live at once: slots keep each about half a kilobyte smaller.
-    __slots__ = ("_pending", "_transport", "base_url", "groups", "hub", "id", "settings",
-                 "state", "store", "user", "version")
+    __slots__ = ("_pending", "_transport", "base_url", "dispatch", "groups", "hub", "id",
+                 "settings", "state", "store", "user", "version")
 
     def __init__(
         self,
@@ -73,6 +77,7 @@ class Connection:
         store: Store,
         settings: Settings,
         base_url: str,
+        dispatch: Dispatch | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.user = user
@@ -81,6 +86,7 @@ class Connection:
         self.store = store
         self.settings = settings
         self.base_url = base_url
+        self.dispatch = dispatch  # the server's Dispatch: location index and strategy
         self.groups: set[str] = set()
         self.state: dict[str, Any] = {}  # free for plugins, keyed by plugin name
         self._transport: Transport | None = None
@@ -149,6 +155,13 @@ class MessageType:
     alias_of: str | None = None
 
 
+@dataclass(frozen=True)
+class DispatchStrategyEntry:
+    name: str
+    factory: StrategyFactory
+    plugin: str
+
+
 @dataclass
 class Registry:
     """What plugins register into; built once at start-up, read per frame."""
@@ -156,6 +169,7 @@ class Registry:
     types: dict[str, MessageType] = field(default_factory=dict)
     connect_hooks: list[tuple[str, ConnectionHook]] = field(default_factory=list)
     disconnect_hooks: list[tuple[str, ConnectionHook]] = field(default_factory=list)
+    dispatch_strategies: dict[str, DispatchStrategyEntry] = field(default_factory=dict)
     plugin: str = "<core>"  # the plugin whose setup() is running
 
     def add_message_type(
@@ -188,6 +202,24 @@ class Registry:
                 f"plugins {owner.plugin!r} and {self.plugin!r} both register message "
                 f"type {name!r}; disable one with plugins.disabled"
             )
+
+    def add_dispatch_strategy(
+        self, name: str, factory: StrategyFactory, *, override: bool = False
+    ) -> None:
+        """Offer a dispatch strategy under `name`, for `dispatch.mode` to choose.
+
+        `factory(context)` builds it once at start-up (docs/dispatch.md). Registering a
+        name another plugin owns fails, naming both plugins, unless `override=True`.
+        """
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {self.plugin!r}: a dispatch strategy needs a name")
+        owner = self.dispatch_strategies.get(name)
+        if owner is not None and not override:
+            raise PluginError(
+                f"plugins {owner.plugin!r} and {self.plugin!r} both register dispatch "
+                f"strategy {name!r}; disable one with plugins.disabled"
+            )
+        self.dispatch_strategies[name] = DispatchStrategyEntry(name, factory, self.plugin)
 
     def on_connect(self, hook: ConnectionHook) -> None:
         """Run `hook(conn)` for every new connection before its handshake completes."""

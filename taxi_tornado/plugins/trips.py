@@ -1,19 +1,22 @@
-"""The `trips` plugin: request, claim, progress, cancel, and live driver location.
+"""The `trips` plugin: request, claim, progress, cancel, decline, and live driver location.
 
 Every change is stored before anybody hears of it; a claim is the store's compare-and-set,
-so when drivers race exactly one wins. Notices that the course's React client would
-misread (a trip taken, a location) go only to v2 connections.
+so when drivers race exactly one wins. Who hears of a new trip, and which drivers may see
+and claim it, is the dispatch strategy's business (`dispatch.mode`): this plugin calls it
+and never knows which one runs. Notices that the course's React client would misread (a
+trip taken, a location) go only to v2 connections.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from taxi_tornado.hub import Hub
+from taxi_tornado import metrics
+from taxi_tornado.dispatch.service import dispatch_of
 from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
-from taxi_tornado.settings import Settings
-from taxi_tornado.store import Store, Trip, TripStatus, format_time, now
+from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
 DRIVERS = "drivers"
 V2 = 2
@@ -24,6 +27,7 @@ def setup(registry: Registry) -> None:
     registry.add_message_type("trip.request", request_trip, aliases=("create.trip",))
     registry.add_message_type("trip.update", update_trip, aliases=("update.trip",))
     registry.add_message_type("trip.cancel", cancel_trip)
+    registry.add_message_type("trip.decline", decline_trip)
     registry.add_message_type("driver.location", driver_location)
     registry.on_connect(join_trip_groups)
 
@@ -46,14 +50,17 @@ async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:
     errors: dict[str, list[str]] = {}
     pick_up = _address(fields, "pick_up_address", errors)
     drop_off = _address(fields, "drop_off_address", errors)
+    pick_up_at = _position(fields, "pick_up", errors)
+    drop_off_at = _position(fields, "drop_off", errors)
     _own_id(conn, fields, "rider", errors)
     if errors:
         raise ProtocolError("invalid", "The trip request is not valid.", errors)
-    trip = await conn.store.create_trip(conn.user.id, pick_up, drop_off)
+    trip = await conn.store.create_trip(conn.user.id, pick_up, drop_off, pick_up_at,
+                                        drop_off_at)
     message = trip_message(trip, conn)
     await conn.join(trip.id)
-    await conn.send_group(DRIVERS, message)
-    await _tell_staff(conn.hub, conn.settings, message)
+    await dispatch_of(conn).strategy.dispatch(conn, trip)
+    await _tell_staff(conn, message)
     return message
 
 
@@ -84,7 +91,9 @@ async def update_trip(conn: Connection, data: Any) -> dict[str, Any]:
         raise ProtocolError("conflict", "The trip changed while you were updating it.")
     message = trip_message(updated, conn)
     await conn.send_group(trip.id, message, exclude_self=True)
-    await _tell_staff(conn.hub, conn.settings, message)
+    if updated.status.is_final:
+        await _free(conn, conn.user.id)
+    await _tell_staff(conn, message)
     return message
 
 
@@ -97,11 +106,14 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
     )
     if claimed is None:
         raise ProtocolError("conflict", "Another driver has taken this trip.")
+    metrics.CLAIM_SECONDS.observe(max(0.0, time.time() - trip.created.timestamp()))
+    dispatch = dispatch_of(conn)
+    await dispatch.locations.set_busy(conn.user.id, not claimed.status.is_final)
     message = trip_message(claimed, conn)
     await conn.join(trip.id)
     await conn.send_group(trip.id, message, exclude_self=True)
-    await conn.send_group(DRIVERS, message, exclude_self=True, min_version=V2)
-    await _tell_staff(conn.hub, conn.settings, message)
+    await dispatch.strategy.claimed(conn, claimed)
+    await _tell_staff(conn, message)
     return message
 
 
@@ -112,52 +124,63 @@ async def cancel_trip(conn: Connection, data: Any) -> dict[str, Any]:
     trip_id = _trip_id(fields, errors)
     if errors:
         raise ProtocolError("invalid", "The cancel request is not valid.", errors)
-    trip = await _get_trip(conn, trip_id)
-    canceled = await _cancel(conn.store, trip)
-    message = trip_message(canceled, conn)
-    await _announce_cancel(conn.hub, conn.settings, trip.status, message, exclude=conn.id)
-    return message
+    return await _cancel(conn, await _get_trip(conn, trip_id))
 
 
-async def cancel_for_staff(
-    hub: Hub, store: Store, settings: Settings, trip_id: str, base_url: str
-) -> dict[str, Any]:
-    """An operator cancels a trip (the admin API): riders and drivers are told exactly as
-    when the rider cancels, and nobody is excluded. Returns the `trip.updated` message."""
-    trip = await store.get_trip(trip_id)
+async def cancel_for_staff(conn: Connection, trip_id: str) -> dict[str, Any]:
+    """An operator cancels a trip (the admin API, through a socketless Connection of the
+    staff user): riders, drivers and the dispatch strategy hear it exactly as when the
+    rider cancels. Returns the `trip.updated` message."""
+    _require_group(conn, STAFF, "Only staff cancel other people's trips.")
+    trip = await conn.store.get_trip(trip_id)
     if trip is None:
         raise ProtocolError("not_found", "No such trip.")
-    canceled = await _cancel(store, trip)
-    message = {"type": "trip.updated", "data": canceled.to_json(base_url)}
-    await _announce_cancel(hub, settings, trip.status, message, exclude=None)
-    return message
+    return await _cancel(conn, trip)
 
 
-async def _cancel(store: Store, trip: Trip) -> Trip:
+async def _cancel(conn: Connection, trip: Trip) -> dict[str, Any]:
     if trip.status not in (TripStatus.REQUESTED, TripStatus.STARTED):
         raise _transition(trip.status, TripStatus.CANCELED)
-    canceled = await store.update_trip(
+    canceled = await conn.store.update_trip(
         trip.id, expected_status=trip.status, expected_driver_id=trip.driver_id,
         status=TripStatus.CANCELED, driver_id=trip.driver_id,
     )
     if canceled is None:
         raise ProtocolError("conflict", "The trip changed while you were canceling it.")
-    return canceled
+    message = trip_message(canceled, conn)
+    await conn.send_group(trip.id, message, exclude_self=True)
+    if trip.status is TripStatus.REQUESTED:
+        await dispatch_of(conn).strategy.canceled(conn, canceled)
+    if trip.driver_id is not None:
+        await _free(conn, trip.driver_id)
+    await _tell_staff(conn, message)
+    return message
 
 
-async def _announce_cancel(hub: Hub, settings: Settings, was: TripStatus,
-                           message: dict[str, Any], exclude: str | None) -> None:
-    """The trip's group hears it; so does the drivers' pool (v2) when nobody held it."""
-    await hub.send(message["data"]["id"], message, exclude=exclude)
-    if was is TripStatus.REQUESTED:
-        await hub.send(DRIVERS, message, min_version=V2)
-    await _tell_staff(hub, settings, message)
-
-
-async def _tell_staff(hub: Hub, settings: Settings, message: dict[str, Any]) -> None:
+async def _tell_staff(conn: Connection, message: dict[str, Any]) -> None:
     """Every stored change of a trip also reaches the operators' page (`admin.trip`)."""
-    if settings.admin.enabled:
-        await tell_staff(hub, "admin.trip", message["data"])
+    if conn.settings.admin.enabled:
+        await tell_staff(conn.hub, "admin.trip", message["data"])
+
+
+async def decline_trip(conn: Connection, data: Any) -> dict[str, Any]:
+    """A driver turns down the trip they were offered (`nearest` dispatch)."""
+    _require_group(conn, "driver", "Only drivers decline trips.")
+    fields = _object(data)
+    errors: dict[str, list[str]] = {}
+    trip_id = _trip_id(fields, errors)
+    if errors:
+        raise ProtocolError("invalid", "The decline is not valid.", errors)
+    trip = await conn.store.get_trip(trip_id)
+    if trip is None or not await dispatch_of(conn).strategy.decline(conn, trip):
+        raise ProtocolError("not_found", "You hold no offer for this trip.")
+    return {"type": "trip.declined", "data": {"id": trip.id}}
+
+
+async def _free(conn: Connection, driver_id: str) -> None:
+    """A trip of the driver ended: they are free unless they still drive another."""
+    dispatch = dispatch_of(conn)
+    await dispatch.locations.set_busy(driver_id, await dispatch.driving(driver_id))
 
 
 async def driver_location(conn: Connection, data: Any) -> None:
@@ -171,6 +194,8 @@ async def driver_location(conn: Connection, data: Any) -> None:
     speed = _number(fields, "speed", 0, 1000, errors)
     if errors:
         raise ProtocolError("invalid", "The location is not valid.", errors)
+    assert lat is not None and lng is not None
+    await dispatch_of(conn).locations.put(conn.user.id, lat, lng, heading)
     at = format_time(now())
     for trip_id in await conn.store.active_trip_ids(conn.user.id):
         message = {"type": "driver.location", "data": {
@@ -182,12 +207,18 @@ async def driver_location(conn: Connection, data: Any) -> None:
 
 
 async def _get_trip(conn: Connection, trip_id: str) -> Trip:
-    """The trip if the user may act on it; a driver may see REQUESTED trips and their own."""
+    """The trip if the user may act on it: a rider their own; a driver their own, and the
+    REQUESTED trips the dispatch strategy shows them (in `nearest`, those they were
+    offered: this check is part of every claim)."""
     trip = await conn.store.get_trip(trip_id)
     if trip is None:
         raise ProtocolError("not_found", "No such trip.")
     user = conn.user
     if user.group == "rider" and trip.rider_id != user.id:
+        raise ProtocolError("not_found", "No such trip.")
+    if (user.group == "driver" and trip.driver_id is None
+            and trip.status is TripStatus.REQUESTED
+            and not await dispatch_of(conn).strategy.visible(user.id, [trip])):
         raise ProtocolError("not_found", "No such trip.")
     return trip
 
@@ -212,6 +243,26 @@ def _address(fields: dict[str, Any], name: str, errors: dict[str, list[str]]) ->
     if len(value) > MAX_ADDRESS:
         errors[name] = [f"Ensure this field has no more than {MAX_ADDRESS} characters."]
     return value
+
+
+def _position(fields: dict[str, Any], name: str,
+              errors: dict[str, list[str]]) -> LatLng | None:
+    """An optional {"lat", "lng"} object; its errors are listed under `name`."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors[name] = ['Expected an object with "lat" and "lng".']
+        return None
+    problems: dict[str, list[str]] = {}
+    lat = _number(value, "lat", -90, 90, problems, required=True)
+    lng = _number(value, "lng", -180, 180, problems, required=True)
+    if problems:
+        errors[name] = [f"{key}: {message}" for key, messages in problems.items()
+                        for message in messages]
+        return None
+    assert lat is not None and lng is not None
+    return LatLng(lat, lng)
 
 
 def _own_id(

@@ -77,6 +77,17 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class LatLng:
+    """A point on the map in degrees: a trip's pick-up or drop-off."""
+
+    lat: float
+    lng: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"lat": self.lat, "lng": self.lng}
+
+
+@dataclass(frozen=True, slots=True)
 class Trip:
     id: str
     created: datetime
@@ -86,6 +97,8 @@ class Trip:
     status: TripStatus
     rider: User | None
     driver: User | None
+    pick_up: LatLng | None = None
+    drop_off: LatLng | None = None
 
     @property
     def rider_id(self) -> str | None:
@@ -105,6 +118,8 @@ class Trip:
             "status": self.status.value,
             "rider": self.rider.to_json(base_url) if self.rider else None,
             "driver": self.driver.to_json(base_url) if self.driver else None,
+            "pick_up": self.pick_up.to_json() if self.pick_up else None,
+            "drop_off": self.drop_off.to_json() if self.drop_off else None,
         }
 
 
@@ -164,8 +179,16 @@ class Store(abc.ABC):
         """Look a user up by name, ignoring case."""
 
     @abc.abstractmethod
-    async def create_trip(self, rider_id: str, pick_up_address: str, drop_off_address: str) -> Trip:
-        """Store a new REQUESTED trip for `rider_id` and return it, rider resolved."""
+    async def create_trip(
+        self,
+        rider_id: str,
+        pick_up_address: str,
+        drop_off_address: str,
+        pick_up: LatLng | None = None,
+        drop_off: LatLng | None = None,
+    ) -> Trip:
+        """Store a new REQUESTED trip for `rider_id` (with its positions, when given) and
+        return it, rider resolved."""
 
     @abc.abstractmethod
     async def get_trip(self, trip_id: str) -> Trip | None: ...

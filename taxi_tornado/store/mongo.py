@@ -31,6 +31,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from taxi_tornado.store import (
     ACTIVE_STATUSES,
+    LatLng,
     Store,
     StoreError,
     Trip,
@@ -137,7 +138,14 @@ class MongoStore(Store):
             document = await self._users.find_one({"username_key": username_key(username)})
         return _user(document) if document else None
 
-    async def create_trip(self, rider_id: str, pick_up_address: str, drop_off_address: str) -> Trip:
+    async def create_trip(
+        self,
+        rider_id: str,
+        pick_up_address: str,
+        drop_off_address: str,
+        pick_up: LatLng | None = None,
+        drop_off: LatLng | None = None,
+    ) -> Trip:
         moment = now()
         document = {
             "_id": new_id(),
@@ -148,6 +156,8 @@ class MongoStore(Store):
             "status": TripStatus.REQUESTED.value,
             "rider_id": rider_id,
             "driver_id": None,
+            "pick_up": pick_up.to_json() if pick_up else None,
+            "drop_off": drop_off.to_json() if drop_off else None,
         }
         with _driver_errors("cannot create trip"):
             await self._ensure_indexes()
@@ -314,4 +324,13 @@ def _trip(document: Document, users: dict[str, User]) -> Trip:
         status=TripStatus(document["status"]),
         rider=users.get(rider_id) if rider_id else None,
         driver=users.get(driver_id) if driver_id else None,
+        pick_up=_lat_lng(document.get("pick_up")),
+        drop_off=_lat_lng(document.get("drop_off")),
     )
+
+
+def _lat_lng(value: Any) -> LatLng | None:
+    """A stored {"lat", "lng"} object; trips stored before positions existed have none."""
+    if not isinstance(value, dict):
+        return None
+    return LatLng(float(value["lat"]), float(value["lng"]))

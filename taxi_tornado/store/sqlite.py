@@ -13,6 +13,7 @@ import aiosqlite
 
 from taxi_tornado.store import (
     ACTIVE_STATUSES,
+    LatLng,
     Store,
     StoreError,
     Trip,
@@ -50,12 +51,21 @@ CREATE INDEX IF NOT EXISTS trips_rider ON trips(rider_id, created);
 CREATE INDEX IF NOT EXISTS trips_driver ON trips(driver_id, created);
 CREATE INDEX IF NOT EXISTS trips_status ON trips(status, created);
 """
+# Columns added after the first release: open() adds each one a database lacks, so an
+# existing file upgrades itself (SQLite's ADD COLUMN leaves old rows NULL).
+ADDED_TRIP_COLUMNS = (
+    ("pick_up_lat", "REAL"),
+    ("pick_up_lng", "REAL"),
+    ("drop_off_lat", "REAL"),
+    ("drop_off_lng", "REAL"),
+)
 
 USER_COLUMNS = "id, username, grp, first_name, last_name, photo, password_hash"
 TRIP_SELECT = """
 SELECT t.id, t.created, t.updated, t.pick_up_address, t.drop_off_address, t.status,
        r.id, r.username, r.grp, r.first_name, r.last_name, r.photo,
-       d.id, d.username, d.grp, d.first_name, d.last_name, d.photo
+       d.id, d.username, d.grp, d.first_name, d.last_name, d.photo,
+       t.pick_up_lat, t.pick_up_lng, t.drop_off_lat, t.drop_off_lng
 FROM trips t
 LEFT JOIN users r ON r.id = t.rider_id
 LEFT JOIN users d ON d.id = t.driver_id
@@ -94,8 +104,15 @@ class SQLiteStore(Store):
             await self._db.execute("PRAGMA busy_timeout=5000")
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._db.executescript(SCHEMA)
+            await self._add_missing_columns()
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open SQLite database {self.path}: {error}") from error
+
+    async def _add_missing_columns(self) -> None:
+        present = {row[1] for row in await self.db.execute_fetchall("PRAGMA table_info(trips)")}
+        for name, kind in ADDED_TRIP_COLUMNS:
+            if name not in present:
+                await self.db.execute(f"ALTER TABLE trips ADD COLUMN {name} {kind}")
 
     async def close(self) -> None:
         await self._users.drain()
@@ -152,14 +169,22 @@ class SQLiteStore(Store):
                 found[row[0]] = User(*row)
         return found
 
-    async def create_trip(self, rider_id: str, pick_up_address: str, drop_off_address: str) -> Trip:
+    async def create_trip(
+        self,
+        rider_id: str,
+        pick_up_address: str,
+        drop_off_address: str,
+        pick_up: LatLng | None = None,
+        drop_off: LatLng | None = None,
+    ) -> Trip:
         trip_id, moment = new_id(), _stamp()
         try:
             await self.db.execute(
                 "INSERT INTO trips (id, created, updated, pick_up_address, drop_off_address,"
-                " status, rider_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " status, rider_id, pick_up_lat, pick_up_lng, drop_off_lat, drop_off_lng)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (trip_id, moment, moment, pick_up_address, drop_off_address,
-                 TripStatus.REQUESTED.value, rider_id),
+                 TripStatus.REQUESTED.value, rider_id, *_columns(pick_up), *_columns(drop_off)),
             )
         except sqlite3.IntegrityError as error:
             raise StoreError(f"cannot create trip: {error}") from error
@@ -318,7 +343,17 @@ def _trip(row: Any) -> Trip:
         status=TripStatus(row[5]),
         rider=_user(row, 6),
         driver=_user(row, 12),
+        pick_up=_lat_lng(row[18], row[19]),
+        drop_off=_lat_lng(row[20], row[21]),
     )
+
+
+def _columns(point: LatLng | None) -> tuple[float | None, float | None]:
+    return (point.lat, point.lng) if point else (None, None)
+
+
+def _lat_lng(lat: float | None, lng: float | None) -> LatLng | None:
+    return None if lat is None or lng is None else LatLng(lat, lng)
 
 
 def _stamp() -> str:

@@ -1,0 +1,124 @@
+"""Dispatch as one server process runs it: the location index, the offer book and the
+strategy named by `dispatch.mode`, with the upkeep that keeps them honest.
+
+With the memory hub everything lives in process (H3 index, memory offer book); with a
+Redis hub, in Redis (GEO index, Redis offer book) through a client of our own built
+from hub.url and hub.prefix, so that every process sees every driver and every offer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from taxi_tornado import metrics
+from taxi_tornado.dispatch.h3_index import H3LocationIndex
+from taxi_tornado.dispatch.locations import LocationIndex
+from taxi_tornado.dispatch.offers import MemoryOfferBook, OfferBook
+from taxi_tornado.dispatch.redis_geo import RedisLocationIndex
+from taxi_tornado.dispatch.redis_offers import RedisOfferBook
+from taxi_tornado.dispatch.strategy import DispatchContext, DispatchStrategy, StrategyFactory
+from taxi_tornado.hub import Hub
+from taxi_tornado.settings import Settings, SettingsError
+from taxi_tornado.store import Store
+
+if TYPE_CHECKING:
+    from taxi_tornado.plugins.api import Connection, Registry
+
+log = logging.getLogger("taxi_tornado.dispatch")
+
+REDIS_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": 5.0}
+# Upkeep (expired positions, gauges, heartbeats) runs at least this often.
+MAX_UPKEEP_INTERVAL = 5.0
+
+
+class Dispatch:
+    """What handlers and plugins reach as `conn.dispatch`: `locations` and `strategy`."""
+
+    def __init__(self, settings: Settings, hub: Hub, store: Store, registry: Registry) -> None:
+        factory = strategy_factory(settings, registry)
+        self.settings = settings
+        self.node = uuid.uuid4().hex
+        self.redis: Redis | None = None
+        ttl = settings.dispatch.location_ttl
+        self.locations: LocationIndex
+        offers: OfferBook
+        if settings.hub.url.startswith("memory://"):
+            self.locations, offers = H3LocationIndex(ttl), MemoryOfferBook()
+        else:
+            self.redis = Redis.from_url(settings.hub.url, **REDIS_OPTIONS)  # type: ignore[arg-type]
+            prefix = settings.hub.prefix
+            self.locations = RedisLocationIndex(self.redis, prefix, self.node, ttl)
+            offers = RedisOfferBook(self.redis, prefix)
+        context = DispatchContext(settings, hub, store, self.locations, offers, self.node)
+        self.strategy: DispatchStrategy = factory(context)
+        self._upkeep: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.locations.start()
+        await self.strategy.start()
+        self._upkeep = asyncio.ensure_future(self._keep_up())
+
+    async def stop(self) -> None:
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+        await self.strategy.stop()
+        await self.locations.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # Drivers (called by the dispatch plugin's hooks and by the trips plugin)
+
+    async def driver_connected(self, conn: Connection) -> None:
+        driver_id = conn.user.id
+        await self.locations.connect(driver_id, conn.version)
+        await self.locations.set_busy(driver_id, await self.driving(driver_id))
+
+    async def driver_disconnected(self, conn: Connection) -> None:
+        await self.locations.disconnect(conn.user.id, conn.version)
+
+    async def driving(self, driver_id: str) -> bool:
+        """Whether the driver holds a STARTED or IN_PROGRESS trip (the store knows)."""
+        store = self.strategy.context.store
+        return bool(await store.active_trip_ids(driver_id))
+
+    async def _keep_up(self) -> None:
+        config = self.settings.dispatch
+        interval = min(config.location_ttl / 2, MAX_UPKEEP_INTERVAL)
+        while True:
+            try:
+                await self.locations.maintain()
+                census = await self.locations.census()
+                metrics.DRIVERS_CONNECTED.set(census.connected)
+                metrics.DRIVERS_LOCATED.set(census.located)
+                metrics.DRIVERS_AVAILABLE.set(census.available)
+            except (RedisError, OSError) as error:
+                log.warning("dispatch: location upkeep failed: %s", error)
+            await asyncio.sleep(interval)
+
+
+def strategy_factory(settings: Settings, registry: Registry) -> StrategyFactory:
+    """The factory `dispatch.mode` names; a mode no plugin registers stops start-up."""
+    mode = settings.dispatch.mode
+    entry = registry.dispatch_strategies.get(mode)
+    if entry is None:
+        known = ", ".join(sorted(registry.dispatch_strategies)) or "none"
+        raise SettingsError(
+            f"dispatch.mode: no plugin registers a dispatch strategy named {mode!r} "
+            f"(registered: {known})")
+    return entry.factory
+
+
+def dispatch_of(conn: Connection) -> Dispatch:
+    """The connection's Dispatch; every socket the server opens has one."""
+    if conn.dispatch is None:
+        raise RuntimeError(f"{conn!r} was made without the server's Dispatch")
+    return conn.dispatch

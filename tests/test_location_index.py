@@ -1,0 +1,125 @@
+"""The location index contract on both implementations, and what only Redis adds: several
+processes sharing one index."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from taxi_tornado.dispatch.h3_index import H3LocationIndex
+from taxi_tornado.dispatch.locations import LocationIndex
+from taxi_tornado.dispatch.redis_geo import NODE_TIMEOUT_MS, RedisLocationIndex
+from tests.location_contract import (
+    CENTER,
+    IndexFactory,
+    LocationContract,
+    eventually,
+    located,
+    nearest_ids,
+    offset,
+)
+from tests.redis_server import SHARED_REDIS
+
+
+class TestH3LocationIndex(LocationContract):
+    @pytest.fixture
+    def index_factory(self) -> IndexFactory:
+        async def make(ttl: float) -> LocationIndex:
+            return H3LocationIndex(ttl)
+
+        return make
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(SHARED_REDIS)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def prefix(redis: Redis) -> AsyncIterator[str]:
+    name = f"geo-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    keys = [key async for key in redis.scan_iter(f"{name}:*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+class TestRedisLocationIndex(LocationContract):
+    @pytest.fixture
+    def index_factory(self, redis: Redis, prefix: str) -> IndexFactory:
+        async def make(ttl: float) -> LocationIndex:
+            return RedisLocationIndex(redis, prefix, uuid.uuid4().hex, ttl)
+
+        return make
+
+
+async def test_driver_on_two_processes_stays_until_their_last_socket_closes(
+        redis: Redis, prefix: str) -> None:
+    a = RedisLocationIndex(redis, prefix, "node-a", 30)
+    b = RedisLocationIndex(redis, prefix, "node-b", 30)
+    await located(a, "driver", 100)
+    await b.connect("driver", 1)
+
+    async def b_sees_the_report() -> bool:  # a writes reports behind, within a loop turn
+        return await nearest_ids(b, v2_only=True) == ["driver"]
+
+    await eventually(b_sees_the_report)
+    assert await a.disconnect("driver", 2) is False  # still on b, over v1
+    assert await nearest_ids(b) == ["driver"]
+    assert await nearest_ids(b, v2_only=True) == []
+    assert await b.disconnect("driver", 1) is True
+    assert await nearest_ids(a) == []
+
+
+async def test_drivers_of_a_process_that_stopped_answering_are_forgotten(
+        redis: Redis, prefix: str) -> None:
+    dead = RedisLocationIndex(redis, prefix, "node-dead", 30)
+    alive = RedisLocationIndex(redis, prefix, "node-alive", 30)
+    await dead.maintain()
+    await located(dead, "orphan", 100)
+    await located(dead, "shared", 200)
+    await alive.connect("shared", 2)
+    await alive.set_available("shared", False)
+    # The dead process's last heartbeat is older than the timeout.
+    await redis.zadd(f"{prefix}:dispatch:nodes", {"node-dead": 1})
+    await alive.maintain()
+    census = await alive.census()
+    assert (census.connected, census.located) == (1, 1)  # "shared" is still connected here
+    await alive.set_available("shared", True)
+    assert await nearest_ids(alive) == ["shared"]
+    assert await redis.zscore(f"{prefix}:dispatch:nodes", "node-dead") is None
+    assert NODE_TIMEOUT_MS > 1
+
+
+async def test_process_taken_for_dead_announces_its_drivers_again(
+        redis: Redis, prefix: str) -> None:
+    slow = RedisLocationIndex(redis, prefix, "node-slow", 30)
+    other = RedisLocationIndex(redis, prefix, "node-other", 30)
+    await slow.maintain()
+    await located(slow, "driver", 100)
+    await redis.zadd(f"{prefix}:dispatch:nodes", {"node-slow": 1})
+    await other.maintain()  # reaps node-slow's presence
+    assert await nearest_ids(other) == []
+    await slow.maintain()  # its heartbeat finds itself gone: it writes its drivers back
+    await slow.put("driver", *offset(100, 0), None)
+
+    async def seen_again() -> bool:
+        return await nearest_ids(other) == ["driver"]
+
+    await eventually(seen_again)
+
+
+async def test_reports_of_one_loop_turn_leave_in_one_pipeline(
+        redis: Redis, prefix: str) -> None:
+    index = RedisLocationIndex(redis, prefix, "node", 30)
+    for number in range(200):
+        await index.connect(f"d{number}", 2)
+    for number in range(200):
+        await index.put(f"d{number}", *offset(number, 0), None)
+    found = await index.nearest(*CENTER, 1000, 200)
+    assert len(found) == 200
