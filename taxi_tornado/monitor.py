@@ -54,6 +54,7 @@ STATS_INTERVAL = 1.0  # seconds between samples, and between admin.stats events
 NODE_TTL = 5  # seconds a process's sample outlives its last write
 RATE_WINDOW = 10.0  # seconds of counter history behind a rate
 TRIP_ROWS = 200  # unfinished trips listed, oldest first
+MAP_DRIVERS = 2000  # located drivers drawn on the map
 REDIS_TIMEOUT = 1.0
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 # The counters whose totals and rates the page shows: name in the document -> series.
@@ -200,27 +201,41 @@ class Monitor:
         moment = now()
         nodes, complete = await self.nodes(local)
         trips = await self._trips()
+        drivers = await self._drivers()
         settings = self.services.settings
         return {
             "generated": format_time(moment),
             "complete": complete,
             "nodes": nodes,
             "connections": _sum_connections(nodes),
-            "drivers": {
-                "connected": sum(int(node.get("drivers_connected", 0)) for node in nodes),
-                "on_trip": trips.drivers_on_trip(),
-                "available": None,
-            },
+            "drivers": {**drivers.counts, "on_trip": trips.drivers_on_trip()},
             "trips": trips.summary(moment),
             "messages": _sum_messages(nodes),
             "health": {
                 "store": all(node["ready"]["store"] for node in nodes) and not trips.error,
-                "hub": all(node["ready"]["hub"] for node in nodes) and complete,
+                "hub": all(node["ready"]["hub"] for node in nodes) and complete
+                       and not drivers.error,
             },
-            "map": {"drivers": [], "pick_ups": trips.pick_ups()},
+            "map": {"drivers": drivers.located, "pick_ups": trips.pick_ups()},
             "page": {"socket_path": settings.server.socket_path,
                      "tile_url": settings.admin.tile_url, "stats_interval": STATS_INTERVAL},
         }
+
+    async def _drivers(self) -> DriversNow:
+        """Drivers as the dispatch location index sees them (every process's, with the
+        Redis hub: a driver with sockets on two processes counts once)."""
+        locations = self.services.dispatch.locations
+        try:
+            census = await locations.census()
+            located = await locations.located(MAP_DRIVERS)
+        except REDIS_ERRORS as error:
+            return DriversNow({"connected": None, "located": None, "available": None}, [],
+                              str(error))
+        return DriversNow(
+            {"connected": census.connected, "located": census.located,
+             "available": census.available},
+            [{"id": driver.driver_id, "lat": driver.lat, "lng": driver.lng,
+              "heading": driver.heading, "state": driver.state} for driver in located])
 
     async def _trips(self) -> TripsNow:
         store = self.services.store
@@ -228,6 +243,15 @@ class Monitor:
             return TripsNow(await store.trip_counts(), await store.unfinished_trips(TRIP_ROWS))
         except StoreError as error:
             return TripsNow({}, [], str(error))
+
+
+@dataclass(frozen=True)
+class DriversNow:
+    """Driver counts and positions from the location index; `error` when it failed."""
+
+    counts: dict[str, int | None]
+    located: list[dict[str, Any]]
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,12 +277,8 @@ class TripsNow:
 
     def pick_ups(self) -> list[dict[str, Any]]:
         """Waiting trips that gave a pick-up position."""
-        waiting = []
-        for trip in self.unfinished:
-            position = getattr(trip, "pick_up", None)
-            if trip.status is TripStatus.REQUESTED and position:
-                waiting.append({"trip": trip.id, **position})
-        return waiting
+        return [{"trip": trip.id, **trip.pick_up.to_json()} for trip in self.unfinished
+                if trip.status is TripStatus.REQUESTED and trip.pick_up is not None]
 
 
 def trip_row(trip: Trip, moment: datetime) -> dict[str, Any]:
@@ -271,7 +291,7 @@ def trip_row(trip: Trip, moment: datetime) -> dict[str, Any]:
         "status": trip.status.value,
         "pick_up_address": trip.pick_up_address,
         "drop_off_address": trip.drop_off_address,
-        "pick_up": getattr(trip, "pick_up", None),
+        "pick_up": trip.pick_up.to_json() if trip.pick_up else None,
         "rider": _person(trip.rider),
         "driver": _person(trip.driver),
     }

@@ -34,8 +34,9 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A page that fails the test on any script error or policy violation."""
+async def page(browser: Browser, server: RunningServer) -> AsyncIterator[Page]:
+    """A page that fails the test on any script error or policy violation; it closes
+    before the server stops (else its socket's reconnects would be errors)."""
     opened = await browser.new_page(viewport={"width": 1280, "height": 960})
     problems: list[str] = []
     opened.on("pageerror", lambda error: problems.append(str(error)))
@@ -64,6 +65,12 @@ async def staff_page(page: Page, server: RunningServer) -> Page:
 async def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def redrawn(page: Page) -> None:
+    """Wait until the trips table has been drawn anew (it is, on every admin.stats)."""
+    await page.evaluate("document.querySelector('#trips tr').dataset.old = 'yes'")
+    await expect(page.locator("#trips tr[data-old]")).to_have_count(0)
 
 
 def row(page: Page, trip_id: str) -> Any:
@@ -153,6 +160,9 @@ async def test_closing_a_riders_sockets_from_the_page(page: Page, server: Runnin
     trip = (await rider.request({"type": "trip.request", "data": ADDRESSES}))["data"]
     close = row(page, trip["id"]).locator("button.close-sockets").first
     await close.click()
+    await expect(close).to_have_text("Sure?")
+    await redrawn(page)  # the table is redrawn every second: the button stays armed
+    await expect(close).to_have_text("Sure?")
     await close.click()
     assert await rider.closed() == 4000
     await expect(page.locator("#actions li").first).to_contain_text("closed the sockets")

@@ -5,6 +5,10 @@
 const $ = (id) => document.getElementById(id);
 const CANCELABLE = new Set(["REQUESTED", "STARTED"]);
 const CONFIRM_MS = 3000;
+// Tables are redrawn every second, so a button's state lives here, by action, not in
+// the button: an armed or running action survives the redraw.
+const armedUntil = new Map(); // action key -> time (ms) until which a click confirms
+const running = new Set(); // action keys whose request is on its way
 
 export function renderCards(overview) {
   const connections = overview.connections;
@@ -49,7 +53,8 @@ function tripRow(trip, serverNow, actions) {
   place.title = trip.pick_up ? `${trip.pick_up.lat}, ${trip.pick_up.lng}` : "no position given";
   const buttons = cell("");
   if (CANCELABLE.has(trip.status)) {
-    buttons.append(confirmButton("Cancel", "cancel", () => actions.cancel(trip.id)));
+    buttons.append(confirmButton("Cancel", "cancel", `cancel:${trip.id}`,
+      () => actions.cancel(trip.id)));
   }
   row.append(age, status, person(trip.rider, actions), person(trip.driver, actions),
     place, buttons);
@@ -60,34 +65,37 @@ function person(user, actions) {
   const td = cell(user ? user.username : "—");
   if (!user) return td;
   td.title = user.id;
-  const button = confirmButton("⏏", "close-sockets", () => actions.closeSockets(user.id));
+  const button = confirmButton("⏏", "close-sockets", `close:${user.id}`,
+    () => actions.closeSockets(user.id));
   button.title = `close the sockets of ${user.username}`;
   td.append(" ", button);
   return td;
 }
 
-// A button that asks for a second click within CONFIRM_MS before it acts.
-function confirmButton(label, kind, act) {
+// A button that asks for a second click within CONFIRM_MS before it acts; `act`
+// returns a promise. `key` names the action (the same for every redraw of the button).
+function confirmButton(label, kind, key, act) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = `small-button ${kind}`;
-  button.textContent = label;
-  let armed = null;
+  const show = () => {
+    const armed = (armedUntil.get(key) || 0) > Date.now();
+    button.textContent = armed ? "Sure?" : label;
+    button.classList.toggle("armed", armed);
+    button.disabled = running.has(key);
+  };
+  show();
   button.addEventListener("click", () => {
-    if (armed === null) {
-      button.textContent = "Sure?";
-      button.classList.add("armed");
-      armed = setTimeout(() => {
-        armed = null;
-        button.textContent = label;
-        button.classList.remove("armed");
-      }, CONFIRM_MS);
+    if ((armedUntil.get(key) || 0) <= Date.now()) {
+      armedUntil.set(key, Date.now() + CONFIRM_MS);
+      show();
+      setTimeout(show, CONFIRM_MS + 50);
       return;
     }
-    clearTimeout(armed);
-    armed = null;
-    button.disabled = true;
-    act();
+    armedUntil.delete(key);
+    running.add(key);
+    show();
+    act().finally(() => running.delete(key));
   });
   return button;
 }
