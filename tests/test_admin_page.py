@@ -120,7 +120,6 @@ async def test_trip_requested_and_claimed_moves_through_the_table(
                                                            timeout=QUICK)
     await expect(page.locator(f'#map .pick-up[data-trip="{trip["id"]}"]')).to_have_count(1)
     await expect(row(page, trip["id"]).locator("td").nth(2)).to_contain_text("rita")
-    await screenshot(page, "admin-page")
     for status in ("STARTED", "IN_PROGRESS"):
         await driver_ws.send({"type": "trip.update", "data": {"id": trip["id"],
                                                               "status": status}})
@@ -179,3 +178,37 @@ async def test_a_riders_token_cannot_open_the_page_or_its_api(
         """async (token) => (await fetch("/api/admin/",
                {headers: {Authorization: `Bearer ${token}`}})).status""", rider_token)
     assert status == 403
+
+
+async def test_screenshot_of_a_busy_city(page: Page, server: RunningServer) -> None:
+    """Drivers in every state and trips at every stage, drawn together: the picture in
+    docs/operations.md comes from this test's build/screenshots/admin-page.png."""
+    await staff_page(page, server)
+    spots = [(51.5079, -0.0877), (51.5155, -0.0922), (51.5033, -0.1196), (51.5138, -0.0984),
+             (51.5007, -0.1246), (51.5194, -0.1270), (51.5110, -0.1180)]
+    drivers: list[Client] = []
+    for number, (lat, lng) in enumerate(spots):
+        _, token = await server.user(f"driver{number}", "driver")
+        client = await server.connect(token, v2=True)
+        await client.send({"type": "driver.location", "data": {"lat": lat, "lng": lng}})
+        drivers.append(client)
+    await drivers[6].request({"type": "driver.status", "data": {"status": "unavailable"}})
+    places = [("Tower Bridge", 51.5055, -0.0754), ("King's Cross", 51.5308, -0.1238),
+              ("Borough Market", 51.5055, -0.0910), ("Covent Garden", 51.5117, -0.1240)]
+    trips = []
+    for number, (address, lat, lng) in enumerate(places):
+        _, token = await server.user(f"rider{number}")
+        rider = await server.connect(token, v2=True)
+        reply = await rider.request({"type": "trip.request", "data": {
+            "pick_up_address": address, "drop_off_address": "Paddington",
+            "pick_up": {"lat": lat, "lng": lng}}})
+        trips.append(reply["data"]["id"])
+    for driver, trip_id, status in ((drivers[0], trips[0], "STARTED"),
+                                    (drivers[1], trips[1], "IN_PROGRESS")):
+        await driver.send({"type": "trip.update", "data": {"id": trip_id, "status": status}})
+    await drivers[2].request({"type": "no.such.type"})  # one error frame, for the table
+    await expect(page.locator("#drivers-available")).to_have_text("4")
+    await expect(page.locator("#map circle.driver")).to_have_count(7)
+    await expect(page.locator("#map .pick-up")).to_have_count(2)
+    await expect(page.locator("#errors tr")).to_have_count(1)
+    await screenshot(page, "admin-page")
