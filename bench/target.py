@@ -195,9 +195,12 @@ class Target:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` so far (CLK_TCK 100)."""
+    """User + system CPU of `pid` and its live children (forked workers) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(item) for item in children.read_text().split()] if children.exists() else []
+    return own + sum(cpu_seconds(kid) for kid in kids)
 
 
 def rss_kib(pid: int) -> int:

@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
     registry, plugins = load_plugins(settings.plugins.disabled)
+    strategy_factory(settings, registry)  # an unknown dispatch.mode stops us here
     settings = with_secret(settings)
     if settings.server.processes > 1:
         for probe in listen_sockets(settings):  # a busy port fails here, once

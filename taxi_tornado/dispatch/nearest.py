@@ -53,14 +53,14 @@ class NearestStrategy(BroadcastStrategy):
 
     async def stop(self) -> None:
         """Stop driving and hand the leases back, so another process carries on at once."""
+        driven = list(self._driving)
         tasks = [task for task in (self._scanner, *self._driving.values()) if task]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for trip_id in list(self._driving):
+        for trip_id in driven:
             with contextlib.suppress(Exception):
                 await self.offers.release(trip_id, self.context.node)
-        self._driving.clear()
 
     # The strategy contract
 
@@ -72,8 +72,17 @@ class NearestStrategy(BroadcastStrategy):
             trip_id=trip.id, rider_id=trip.rider_id, lat=trip.pick_up.lat,
             lng=trip.pick_up.lng, base_url=conn.base_url,
             deadline=trip.created.timestamp() + self.config.max_wait)
-        await self.offers.open(dispatching, self.context.node, self.lease_s)
-        await self._next_round(dispatching, trip)
+        try:
+            await self.offers.open(dispatching, self.context.node, self.lease_s)
+        except Exception as error:  # Redis away: the trip must not stay without a dispatcher
+            log.warning("dispatch: cannot open the dispatch of trip %s (%s); retrying",
+                        trip.id, error)
+            self._retry_open(dispatching, trip)
+            return
+        try:
+            await self._next_round(dispatching, trip)
+        except Exception as error:  # the trip's timer (this process's) tries again
+            log.warning("dispatch: the first round of trip %s failed: %s", trip.id, error)
         self._drive(trip.id)
 
     async def visible(self, driver_id: str, trips: list[Trip]) -> list[Trip]:
@@ -202,6 +211,27 @@ class NearestStrategy(BroadcastStrategy):
         await hub.send(f"user:{dispatching.rider_id}",
                        {"type": "trip.unmatched", "data": {"id": dispatching.trip_id}},
                        min_version=V2)
+
+    def _retry_open(self, dispatching: Dispatching, trip: Trip) -> None:
+        self._driving[trip.id] = asyncio.ensure_future(self._open_later(dispatching, trip))
+
+    async def _open_later(self, dispatching: Dispatching, trip: Trip) -> None:
+        """Open the dispatch once the offer book answers again (until max_wait)."""
+        delay = 0.1
+        try:
+            while time.time() < dispatching.deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.scan_s)
+                try:
+                    await self.offers.open(dispatching, self.context.node, self.lease_s)
+                except Exception:
+                    continue
+                break
+            else:
+                return
+        finally:
+            self._driving.pop(trip.id, None)
+        self._drive(trip.id)
 
     # Timers and leases
 
