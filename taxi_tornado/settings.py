@@ -138,9 +138,10 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HUB_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
-# A map tile URL for the operators' page: the browser fetches it, so it must be http(s).
-TILE_URL = re.compile(r"https?://[^/\s\"'<>]+/(?=[^\s\"'<>]*\{z\})(?=[^\s\"'<>]*\{x\})"
-                      r"(?=[^\s\"'<>]*\{y\})[^\s\"'<>]*")
+# A map tile URL for the operators' page: http(s), a plain host (it goes into the page's
+# Content Security Policy), and a path with {z}, {x} and {y}.
+TILE_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[^\s\"'<>;,]*")
+TILE_PLACEHOLDERS = ("{z}", "{x}", "{y}")
 
 
 def load_settings(
@@ -315,7 +316,8 @@ def _validate(s: Settings) -> None:
         (s.dispatch.offer_timeout > 0, "dispatch.offer_timeout: must be positive"),
         (s.dispatch.max_wait > 0, "dispatch.max_wait: must be positive"),
         (s.dispatch.location_ttl > 0, "dispatch.location_ttl: must be positive"),
-        (not s.admin.tile_url or TILE_URL.fullmatch(s.admin.tile_url) is not None,
+        (not s.admin.tile_url or (TILE_URL.fullmatch(s.admin.tile_url) is not None and all(
+            part in s.admin.tile_url for part in TILE_PLACEHOLDERS)),
          "admin.tile_url: must be an http(s):// URL with {z}, {x} and {y}, "
          f"e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png, got {s.admin.tile_url!r}"),
         (s.log.level in LOG_LEVELS,

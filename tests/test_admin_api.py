@@ -180,9 +180,10 @@ def test_admin_settings_are_checked(tmp_path: Path) -> None:
                              create_secret=False, path=None)
     assert settings.admin.enabled is False
     assert settings.admin.tile_url == "https://t.example/{z}/{x}/{y}.png"
-    with pytest.raises(SettingsError, match=r"^admin\.tile_url: must be an http"):
-        load_settings(environ={"TAXI_ADMIN_TILE_URL": "https://t.example/{z}.png"},
-                      create_secret=False)
+    for bad in ("https://t.example/{z}.png", "ftp://t.example/{z}/{x}/{y}",
+                "https://t.example;script-src */{z}/{x}/{y}", "https://t.example/{z}/{x}/{y} x"):
+        with pytest.raises(SettingsError, match=r"^admin\.tile_url: must be an http"):
+            load_settings(environ={"TAXI_ADMIN_TILE_URL": bad}, create_secret=False)
 
 
 # --- the page -------------------------------------------------------------------------
