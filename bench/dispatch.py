@@ -101,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE")
     top.add_argument("-p", type=int, default=100, help="dials in parallel")
     top.add_argument("--settle", type=float, default=2, help="seconds before the start")
-    top.set_defaults(py_spy=None)
+    top.add_argument("--py-spy", metavar="FILE", help="profile the taxi_tornado server")
     return top
 
 

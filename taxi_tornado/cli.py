@@ -148,11 +148,14 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def plugins_command(settings: Settings, args: argparse.Namespace) -> int:
-    _, plugins = load_plugins(settings.plugins.disabled)
+    registry, plugins = load_plugins(settings.plugins.disabled)
     for plugin in plugins:
         print(f"{plugin.name} ({plugin.distribution} {plugin.version}, {plugin.target})")
         for name in plugin.types:
             print(f"    {name}")
+        for name, entry in sorted(registry.dispatch_strategies.items()):
+            if entry.plugin == plugin.name:
+                print(f"    dispatch strategy {name}")
     disabled = ", ".join(settings.plugins.disabled)
     if disabled:
         print(f"disabled: {disabled}")

@@ -444,3 +444,25 @@ async def eventually_forgotten(server: RunningServer, driver_id: str,
         assert time.monotonic() < deadline, "the driver's socket never closed"
         await asyncio.sleep(0.02)
     assert driver_id
+
+
+async def test_location_relay_follows_claims_and_ends_with_the_trip(
+        tmp_path: Path, start: Start) -> None:
+    """What a driver drives is remembered between reports: a claim or a completion
+    must change it at once."""
+    server = await start(make_settings(tmp_path))
+    _, driver = await driver_at(server, "driver", 100)  # a report while driving nothing
+    passenger = await rider(server)
+    trip = await request(passenger, pick_up=None)
+    await expect(driver, "trip.updated")
+    await claim(driver, trip["id"])
+    await expect(passenger, "trip.updated")
+    await report(driver, 120)
+    relayed = await expect(passenger, "driver.location")
+    assert relayed["trip"] == trip["id"]
+    await driver.request({"type": "trip.update", "data": {"id": trip["id"],
+                                                           "status": "COMPLETED"}})
+    await expect(passenger, "trip.updated")
+    await report(driver, 140)
+    await passenger.nothing()
+    await eventually_nearby(server, 1)  # free again: available

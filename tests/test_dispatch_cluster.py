@@ -196,3 +196,28 @@ async def test_request_while_redis_is_down_is_dispatched_once_it_is_back(
         assert message["type"] == "trip.offer", message
         assert message["data"]["trip"]["id"] == trip["id"]
         break
+
+
+async def test_claim_on_one_process_starts_the_relay_from_the_drivers_socket_on_another(
+        processes: Spawn, hub_env: dict[str, str]) -> None:
+    a, b = await ready_pair(processes, dispatch_env(hub_env, mode="broadcast"))
+    _, rider_token = await sign_up(a, "rider")
+    _, token, on_b = await located_driver(b, 100)  # b now knows the driver drives nothing
+    on_a = await connect(a, token)
+    rider = await connect(a, rider_token)
+    trip = await request(rider, pick_up=None)
+    await expect(on_a, "trip.updated")
+    await expect(on_b, "trip.updated")
+    assert (await claim(on_a, trip["id"]))["data"]["status"] == "STARTED"
+    await expect(rider, "trip.updated")
+    await expect(on_b, "trip.updated")  # the pool's notice that the trip is taken
+    deadline = time.monotonic() + 5  # far less than the 30 s an answer may be kept
+    while True:
+        await report(on_b, 150)  # sent on b, after the claim on a
+        try:
+            relayed = await expect(rider, "driver.location", timeout=0.3)
+        except TimeoutError:
+            assert time.monotonic() < deadline, "b kept relaying to nothing"
+            continue
+        break
+    assert relayed["trip"] == trip["id"]

@@ -218,6 +218,7 @@ def test_example_plugin_is_installed_and_listed(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "sos (taxi-plugin-sos" in result.stdout
     assert "sos.alert" in result.stdout
+    assert "dispatch strategy nearest" in result.stdout
 
 
 async def test_example_plugin_end_to_end(server: RunningServer) -> None:

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taxi_tornado import metrics
+from taxi_tornado.dispatch.driving import DrivingTrips
 from taxi_tornado.dispatch.h3_index import H3LocationIndex
 from taxi_tornado.dispatch.locations import LocationIndex
 from taxi_tornado.dispatch.offers import MemoryOfferBook, OfferBook
@@ -51,16 +52,19 @@ class Dispatch:
         offers: OfferBook
         if settings.hub.url.startswith("memory://"):
             self.locations, offers = H3LocationIndex(ttl), MemoryOfferBook()
+            self.trips = DrivingTrips(store)
         else:
             self.redis = Redis.from_url(settings.hub.url, **REDIS_OPTIONS)  # type: ignore[arg-type]
             prefix = settings.hub.prefix
             self.locations = RedisLocationIndex(self.redis, prefix, self.node, ttl)
             offers = RedisOfferBook(self.redis, prefix)
+            self.trips = DrivingTrips(store, self.redis, f"{prefix}:dispatch:driving")
         context = DispatchContext(settings, hub, store, self.locations, offers, self.node)
         self.strategy: DispatchStrategy = factory(context)
         self._upkeep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.trips.start()
         await self.locations.start()
         await self.strategy.start()
         self._upkeep = asyncio.ensure_future(self._keep_up())
@@ -72,6 +76,7 @@ class Dispatch:
                 await self._upkeep
         await self.strategy.stop()
         await self.locations.stop()
+        await self.trips.stop()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -86,14 +91,20 @@ class Dispatch:
         await self.locations.disconnect(conn.user.id, conn.version)
 
     async def driving(self, driver_id: str) -> bool:
-        """Whether the driver holds a STARTED or IN_PROGRESS trip (the store knows)."""
-        store = self.strategy.context.store
-        return bool(await store.active_trip_ids(driver_id))
+        """Whether the driver holds a STARTED or IN_PROGRESS trip."""
+        return bool(await self.trips.of(driver_id))
+
+    async def trip_changed(self, driver_id: str) -> None:
+        """A trip the driver holds changed (claimed, moved on, canceled): update what we
+        know of what they drive, and whether that keeps them busy."""
+        await self.trips.changed(driver_id)
+        await self.locations.set_busy(driver_id, await self.driving(driver_id))
 
     async def _keep_up(self) -> None:
         config = self.settings.dispatch
         interval = min(config.location_ttl / 2, MAX_UPKEEP_INTERVAL)
         while True:
+            self.trips.prune()
             try:
                 await self.locations.maintain()
                 census = await self.locations.census()

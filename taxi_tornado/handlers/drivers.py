@@ -19,7 +19,7 @@ class NearbyDriversHandler(ApiHandler):
         lat = self._number("lat", -90, 90, errors)
         lng = self._number("lng", -180, 180, errors)
         radius = self._number("radius_m", 0, math.inf, errors, default=config.max_radius_m)
-        if radius is not None and radius <= 0 or "radius_m" in errors:
+        if (radius is not None and radius <= 0) or "radius_m" in errors:
             errors["radius_m"] = ["Must be a positive number of metres."]
         if errors:
             raise field_errors(errors)

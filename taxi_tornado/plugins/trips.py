@@ -92,7 +92,7 @@ async def update_trip(conn: Connection, data: Any) -> dict[str, Any]:
     message = trip_message(updated, conn)
     await conn.send_group(trip.id, message, exclude_self=True)
     if updated.status.is_final:
-        await _free(conn, conn.user.id)
+        await dispatch_of(conn).trip_changed(conn.user.id)
     await _tell_staff(conn, message)
     return message
 
@@ -108,7 +108,7 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
         raise ProtocolError("conflict", "Another driver has taken this trip.")
     metrics.CLAIM_SECONDS.observe(max(0.0, time.time() - trip.created.timestamp()))
     dispatch = dispatch_of(conn)
-    await dispatch.locations.set_busy(conn.user.id, not claimed.status.is_final)
+    await dispatch.trip_changed(conn.user.id)
     message = trip_message(claimed, conn)
     await conn.join(trip.id)
     await conn.send_group(trip.id, message, exclude_self=True)
@@ -152,7 +152,7 @@ async def _cancel(conn: Connection, trip: Trip) -> dict[str, Any]:
     if trip.status is TripStatus.REQUESTED:
         await dispatch_of(conn).strategy.canceled(conn, canceled)
     if trip.driver_id is not None:
-        await _free(conn, trip.driver_id)
+        await dispatch_of(conn).trip_changed(trip.driver_id)
     await _tell_staff(conn, message)
     return message
 
@@ -177,14 +177,10 @@ async def decline_trip(conn: Connection, data: Any) -> dict[str, Any]:
     return {"type": "trip.declined", "data": {"id": trip.id}}
 
 
-async def _free(conn: Connection, driver_id: str) -> None:
-    """A trip of the driver ended: they are free unless they still drive another."""
-    dispatch = dispatch_of(conn)
-    await dispatch.locations.set_busy(driver_id, await dispatch.driving(driver_id))
-
 
 async def driver_location(conn: Connection, data: Any) -> None:
-    """Relay a position to each trip the driver is driving; nothing is stored."""
+    """Record the position in the location index (for dispatch and the nearby API) and
+    relay it to each trip the driver is driving; nothing goes to the store."""
     _require_group(conn, "driver", "Only drivers send their location.")
     fields = _object(data)
     errors: dict[str, list[str]] = {}
@@ -195,9 +191,10 @@ async def driver_location(conn: Connection, data: Any) -> None:
     if errors:
         raise ProtocolError("invalid", "The location is not valid.", errors)
     assert lat is not None and lng is not None
-    await dispatch_of(conn).locations.put(conn.user.id, lat, lng, heading)
+    dispatch = dispatch_of(conn)
+    await dispatch.locations.put(conn.user.id, lat, lng, heading)
     at = format_time(now())
-    for trip_id in await conn.store.active_trip_ids(conn.user.id):
+    for trip_id in await dispatch.trips.of(conn.user.id):
         message = {"type": "driver.location", "data": {
             "driver": conn.user.id, "trip": trip_id, "lat": lat, "lng": lng,
             "heading": heading, "speed": speed, "at": at,
