@@ -20,13 +20,14 @@ from tornado.netutil import bind_sockets
 from tornado.routing import Rule
 
 from taxi_tornado.drain import DrainingHTTPServer
-from taxi_tornado.handlers import api, auth, drivers, socket
+from taxi_tornado.handlers import admin, api, auth, drivers, socket
 from taxi_tornado.handlers.base import HostRefused, InvalidHostHandler, NotFoundHandler
 from taxi_tornado.handlers.body_limit import MIB, UNLIMITED, BodyLimit
 from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.handlers.plugin_routes import plugin_routes
 from taxi_tornado.hosts import allowed_hosts
 from taxi_tornado.logs import log_request
+from taxi_tornado.plugins.admin import listen_for_commands
 from taxi_tornado.services import Services, build_services
 from taxi_tornado.settings import Settings, SettingsError
 
@@ -58,6 +59,8 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/api/drivers/nearby/?", drivers.NearbyDriversHandler, kwargs),
         (r"/media/photos/([^/]+)", auth.PhotoHandler, kwargs),
     ]
+    if services.settings.admin.enabled:
+        routes += admin.routes(services)
     routes += plugin_routes(services, [rule[0] for rule in routes if isinstance(rule, tuple)])
     return tornado.web.Application(
         routes,
@@ -98,6 +101,9 @@ class Server:
             await services.store.open()
             await services.hub.start()
             await services.dispatch.start()
+            if self.settings.admin.enabled:
+                await services.monitor.start()
+                await listen_for_commands(services.hub)
             await services.plugin_tasks.start()
         except BaseException:
             for sock in sockets:
@@ -161,6 +167,7 @@ class Server:
         await services.plugin_tasks.shut_down()
         self.keepalive.stop()
         services.expiry.stop()
+        await services.monitor.stop()
         await services.dispatch.stop()
         await services.hub.stop()
         await services.store.close()

@@ -16,7 +16,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from taxi_tornado.settings import AuthSettings
-from taxi_tornado.store import User, photo_url
+from taxi_tornado.store import STAFF, User, photo_url
 
 T = TypeVar("T")
 
@@ -130,6 +130,8 @@ class TokenAuthority:
             group=user.group,
             photo=photo_url(base_url, user.photo),
         )
+        if user.group == STAFF:
+            claims["staff"] = True  # PROTOCOL.md, Operators: only staff tokens carry it
         return jwt.encode(claims, self.key, algorithm=ALGORITHM, json_encoder=AtobSafeEncoder)
 
     def issue_refresh(self, user_id: str) -> str:

@@ -27,7 +27,7 @@ from taxi_tornado.plugins.loader import PluginInfo, load_plugins
 from taxi_tornado.scaffold import ScaffoldError, write_plugin
 from taxi_tornado.services import build_services
 from taxi_tornado.settings import Settings, SettingsError, load_settings, with_secret
-from taxi_tornado.store import StoreError, UsernameTaken, open_store
+from taxi_tornado.store import ALL_GROUPS, STAFF, StoreError, UsernameTaken, open_store
 
 log = logging.getLogger("taxi_tornado")
 
@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
 
     create = commands.add_parser("createuser", help="create a user from the terminal")
     create.add_argument("username")
-    create.add_argument("--group", choices=("rider", "driver"), required=True)
+    roles = create.add_mutually_exclusive_group(required=True)
+    roles.add_argument("--group", choices=ALL_GROUPS)
+    roles.add_argument("--staff", dest="group", action="store_const", const=STAFF,
+                       help="an operator, who may use /admin/ (same as --group staff)")
     create.add_argument("--first-name", default="")
     create.add_argument("--last-name", default="")
     create.add_argument("--password-stdin", action="store_true",
@@ -193,7 +196,7 @@ def createuser_command(settings: Settings, args: argparse.Namespace) -> int:
     password = _read_password(args.password_stdin)
     fields = {"username": args.username, "password1": password, "password2": password,
               "group": args.group, "first_name": args.first_name, "last_name": args.last_name}
-    errors = validate_sign_up(fields)
+    errors = validate_sign_up(fields, ALL_GROUPS)
     if errors:
         for name, messages in errors.items():
             print(f"taxi-tornado: {name}: {' '.join(messages)}", file=sys.stderr)

@@ -33,3 +33,13 @@ def text_frame(payload: bytes) -> bytes:
 
 def message_frame(message: Any) -> bytes:
     return text_frame(encode(message))
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of a frame made by text_frame(): its header is 2, 4 or 10 bytes."""
+    size = frame[1] & 0x7F
+    if size == 126:
+        return frame[4:]
+    if size == 127:
+        return frame[10:]
+    return frame[2:]

@@ -16,6 +16,7 @@ from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.dispatch.service import Dispatch
 from taxi_tornado.handlers.expiry import TokenExpiry
 from taxi_tornado.hub import HistoryLimits, Hub, build_broker
+from taxi_tornado.monitor import Monitor
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
 from taxi_tornado.plugins.tasks import PluginTasks
@@ -46,9 +47,11 @@ class Services:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     expiry: TokenExpiry = field(default_factory=TokenExpiry)
     auth_rate: AddressRateLimit = field(init=False)  # log-in, sign-up and refresh
+    monitor: Monitor = field(init=False)  # the operators' view (admin.enabled)
 
     def __post_init__(self) -> None:
         self.auth_rate = AddressRateLimit(self.settings.limits.auth_rate)
+        self.monitor = Monitor(self)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""

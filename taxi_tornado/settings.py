@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -118,6 +119,12 @@ class DispatchSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    enabled: bool = True
+    tile_url: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("taxi-data")
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -129,6 +136,7 @@ class Settings:
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @property
     def store_url(self) -> str:
@@ -152,6 +160,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 PLUGIN_OPTION_FIELDS = ("tables", "environment")
 HUB_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
+# A map tile URL for the operators' page: http(s), a plain host (it goes into the page's
+# Content Security Policy), and a path with {z}, {x} and {y}.
+TILE_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[^\s\"'<>;,]*")
+TILE_PLACEHOLDERS = ("{z}", "{x}", "{y}")
 
 
 def load_settings(
@@ -376,6 +388,10 @@ def _validate(s: Settings) -> None:
         (s.dispatch.offer_timeout > 0, "dispatch.offer_timeout: must be positive"),
         (s.dispatch.max_wait > 0, "dispatch.max_wait: must be positive"),
         (s.dispatch.location_ttl > 0, "dispatch.location_ttl: must be positive"),
+        (not s.admin.tile_url or (TILE_URL.fullmatch(s.admin.tile_url) is not None and all(
+            part in s.admin.tile_url for part in TILE_PLACEHOLDERS)),
+         "admin.tile_url: must be an http(s):// URL with {z}, {x} and {y}, "
+         f"e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png, got {s.admin.tile_url!r}"),
         (s.log.level in LOG_LEVELS,
          f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}"),
     ]

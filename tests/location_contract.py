@@ -179,6 +179,26 @@ class LocationContract:
         await index.put("a", *CENTER, None)  # a new report counts again
         assert await nearest_ids(index) == ["a"]
 
+    async def test_located_lists_fresh_positions_with_each_drivers_state(
+        self, index_factory: IndexFactory,
+    ) -> None:
+        index = await index_factory(1)
+        await located(index, "free", 100, heading=45.0)
+        await located(index, "driving", 200)
+        await index.set_busy("driving", True)
+        await located(index, "resting", 300, version=1)
+        await index.set_available("resting", False)
+        await index.put("gone", *offset(400, 0), None)  # a position, no connection
+        found = {driver.driver_id: driver for driver in await index.located(10)}
+        assert {name: driver.state for name, driver in found.items()} == {
+            "free": "available", "driving": "busy", "resting": "unavailable",
+            "gone": "unavailable"}
+        assert (found["free"].lat, found["free"].lng) == pytest.approx(offset(100, 0),
+                                                                       abs=1e-5)
+        assert found["free"].heading == 45.0 and found["driving"].heading is None
+        assert len(await index.located(2)) == 2
+        await eventually(lambda: _none_located(index), timeout=5)
+
     async def test_positions_near_the_poles_are_not_indexed(self, index: LocationIndex) -> None:
         await index.connect("polar", 2)
         await index.put("polar", 89.9, 0.0, None)
@@ -204,3 +224,9 @@ class LocationContract:
                 assert got == sorted(got)
                 for mine, (theirs, _) in zip(got, expected, strict=False):
                     assert mine == pytest.approx(theirs, rel=0.002, abs=0.5)
+
+
+async def _none_located(index: LocationIndex) -> bool:
+    """Once every position is past its ttl (and upkeep ran), none is listed."""
+    await index.maintain()
+    return await index.located(10) == []

@@ -348,6 +348,42 @@ class StoreContract:
         trips[0].append("mine")  # each asker got a list of its own
         assert all("mine" not in ids for ids in trips[1:])
 
+    # Operators (staff) and their view of the whole deployment
+
+    async def test_staff_user_round_trips_and_sees_no_trips(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        await store.create_trip(rider.id, "a", "b")
+        staff = await store.create_user("Olga", "hash", "staff")
+        stored = await store.get_user(staff.id)
+        assert stored is not None and stored.group == "staff"
+        by_name = await store.get_user_by_username("olga")
+        assert by_name is not None and by_name.id == staff.id
+        assert await store.list_trips(staff) == []
+
+    async def test_trip_counts_cover_every_status(self, store: Store) -> None:
+        assert await store.trip_counts() == dict.fromkeys(TripStatus, 0)
+        rider, = await riders(store, "rider")
+        driver, = await drivers(store, "driver")
+        await store.create_trip(rider.id, "a", "b")
+        second = await store.create_trip(rider.id, "c", "d")
+        await advanced(store, await claimed(store, second, driver), driver,
+                       TripStatus.COMPLETED)
+        counts = await store.trip_counts()
+        assert counts == {**dict.fromkeys(TripStatus, 0), TripStatus.REQUESTED: 1,
+                          TripStatus.COMPLETED: 1}
+
+    async def test_unfinished_trips_oldest_first_within_limit(self, store: Store) -> None:
+        rider, = await riders(store, "rider")
+        driver, = await drivers(store, "driver")
+        made = [await store.create_trip(rider.id, f"from {number}", "to")
+                for number in range(4)]
+        await claimed(store, made[1], driver)
+        await advanced(store, made[2], driver, TripStatus.COMPLETED)
+        unfinished = await store.unfinished_trips(10)
+        assert ids(unfinished) == ids([made[0], made[1], made[3]])
+        assert unfinished[1].driver_id == driver.id and unfinished[1].rider_id == rider.id
+        assert ids(await store.unfinished_trips(2)) == ids(made[:2])
+
 
 async def riders(store: Store, *names: str) -> list[User]:
     return [await store.create_user(name, "hash", "rider") for name in names]

@@ -18,7 +18,13 @@ from typing import Any
 import h3.api.basic_int as h3
 from h3 import H3BaseException
 
-from taxi_tornado.dispatch.locations import Census, LocationIndex, NearbyDriver, indexable
+from taxi_tornado.dispatch.locations import (
+    Census,
+    LocatedDriver,
+    LocationIndex,
+    NearbyDriver,
+    indexable,
+)
 
 RESOLUTION = 9
 # Cell sizes vary over the globe by up to about a factor of two; the local spacing is
@@ -162,6 +168,18 @@ class H3LocationIndex(LocationIndex):
                           and not driver.busy)
         return Census(connected, located, available)
 
+    async def located(self, limit: int) -> list[LocatedDriver]:
+        fresh_since = self._clock() - self.ttl
+        found: list[LocatedDriver] = []
+        for driver_id, driver in self._drivers.items():
+            if len(found) >= limit:
+                break
+            if driver.seen < fresh_since:
+                continue
+            found.append(LocatedDriver(driver_id, driver.lat, driver.lng, driver.heading,
+                                       _state(driver)))
+        return found
+
     async def maintain(self) -> None:
         """Drop positions past their ttl, and drivers left with nothing to remember; the
         cost follows the expired positions, not the drivers."""
@@ -187,6 +205,14 @@ class H3LocationIndex(LocationIndex):
             members.discard(driver_id)
             if not members:
                 del self._cells[driver.cell]
+
+
+def _state(driver: _Driver) -> str:
+    if driver.busy:
+        return "busy"
+    if driver.unavailable or not (driver.v1 or driver.v2):
+        return "unavailable"
+    return "available"
 
 
 def _by_distance(item: tuple[float, str, Any]) -> float:

@@ -33,6 +33,19 @@ class NearbyDriver:
 
 
 @dataclass(frozen=True, slots=True)
+class LocatedDriver:
+    """One answer of `located`: a driver with a fresh position, for the operators' map.
+    `state` is "available", "busy" (holds a trip) or "unavailable" (status off, or no
+    connection open)."""
+
+    driver_id: str
+    lat: float
+    lng: float
+    heading: float | None
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class Census:
     """Drivers connected, with a fresh position, and available (for /metrics)."""
 
@@ -95,6 +108,11 @@ class LocationIndex(abc.ABC):
 
     @abc.abstractmethod
     async def census(self) -> Census: ...
+
+    @abc.abstractmethod
+    async def located(self, limit: int) -> list[LocatedDriver]:
+        """At most `limit` drivers with a fresh position, whatever their state (the
+        operators' map), in no particular order."""
 
     @abc.abstractmethod
     async def maintain(self) -> None:

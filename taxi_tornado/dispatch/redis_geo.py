@@ -29,7 +29,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from taxi_tornado.dispatch.locations import Census, LocationIndex, NearbyDriver, indexable
+from taxi_tornado.dispatch.locations import (
+    Census,
+    LocatedDriver,
+    LocationIndex,
+    NearbyDriver,
+    indexable,
+)
 
 log = logging.getLogger("taxi_tornado.dispatch")
 
@@ -133,6 +139,29 @@ end
 return {redis.call('SCARD', KEYS[1]), #located, available}
 """
 
+# The operators' map: fresh positions with each driver's state, in one round trip.
+LOCATED = """
+local out = {}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  local place = redis.call('GEOPOS', KEYS[2], id)[1]
+  if place then
+    local connected, off, busy = false, false, false
+    local flags = redis.call('HGETALL', ARGV[3] .. id)
+    for j = 1, #flags, 2 do
+      local name = flags[j]
+      if name == 'off' then off = true
+      elseif name == 'busy' then busy = true
+      elseif string.sub(name, 1, 2) == 'n:' then connected = true end
+    end
+    local state = 'available'
+    if busy then state = 'busy' elseif off or not connected then state = 'unavailable' end
+    out[#out + 1] = {id, place[1], place[2], redis.call('HGET', KEYS[3], id) or '', state}
+  end
+end
+return out
+"""
+
 PURGE = """
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(stale) do
@@ -168,6 +197,7 @@ class RedisLocationIndex(LocationIndex):
         self._reap = redis.register_script(REAP)
         self._nearest = redis.register_script(NEAREST)
         self._census = redis.register_script(CENSUS)
+        self._located = redis.register_script(LOCATED)
         self._purge = redis.register_script(PURGE)
 
     def _node_set(self, node: str) -> str:
@@ -320,6 +350,15 @@ class RedisLocationIndex(LocationIndex):
         connected, located, available = await self._census(
             [self._connected, self._seen], [fresh_since, self._drv])
         return Census(int(connected), int(located), int(available))
+
+    async def located(self, limit: int) -> list[LocatedDriver]:
+        await self._written()
+        fresh_since = _now_ms() - int(self.ttl * 1000)
+        rows = await self._located([self._seen, self._geo, self._headings],
+                                   [fresh_since, limit, self._drv])
+        return [LocatedDriver(_text(row[0]), float(row[2]), float(row[1]),
+                              float(row[3]) if row[3] else None, _text(row[4]))
+                for row in rows]
 
     async def maintain(self) -> None:
         """Heartbeat, forget the drivers of dead processes, drop expired positions."""

@@ -112,8 +112,14 @@ def _write_file(directory: Path, name: str, body: bytes) -> None:
     (directory / name).write_bytes(body)
 
 
-def validate_sign_up(fields: dict[str, Any]) -> dict[str, list[str]]:
-    """Field errors for a sign-up body, in PROTOCOL.md's words; empty when valid."""
+def validate_sign_up(
+    fields: dict[str, Any], groups: tuple[str, ...] = GROUPS
+) -> dict[str, list[str]]:
+    """Field errors for a sign-up body, in PROTOCOL.md's words; empty when valid.
+
+    `groups` are the groups allowed: sign-up's riders and drivers; the terminal's
+    `createuser` also allows staff.
+    """
     errors: dict[str, list[str]] = {}
     for name in ("username", "password1", "password2", "group"):
         value = fields.get(name)
@@ -136,7 +142,7 @@ def validate_sign_up(fields: dict[str, Any]) -> dict[str, list[str]]:
     if "password2" not in errors and "password1" not in errors and password != fields["password2"]:
         errors["password2"] = ["Passwords must match."]
     group = fields.get("group")
-    if "group" not in errors and group not in GROUPS:
+    if "group" not in errors and group not in groups:
         errors["group"] = [f'"{group}" is not a valid choice.']
     return errors
 

@@ -14,9 +14,10 @@ from typing import Any
 
 from taxi_tornado import metrics
 from taxi_tornado.dispatch.service import dispatch_of
+from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
 from taxi_tornado.plugins.trip_quota import TripQuota
-from taxi_tornado.store import LatLng, Trip, TripStatus, format_time, now
+from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
 DRIVERS = "drivers"
 V2 = 2
@@ -61,6 +62,7 @@ async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:
     message = trip_message(trip, conn)
     await conn.join(trip.id)
     await dispatch_of(conn).strategy.dispatch(conn, trip)
+    await _tell_staff(conn, message)
     return message
 
 
@@ -93,6 +95,7 @@ async def update_trip(conn: Connection, data: Any) -> dict[str, Any]:
     await conn.send_group(trip.id, message, exclude_self=True)
     if updated.status.is_final:
         await dispatch_of(conn).trip_changed(conn.user.id)
+    await _tell_staff(conn, message)
     return message
 
 
@@ -112,6 +115,7 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
     await conn.join(trip.id)
     await conn.send_group(trip.id, message, exclude_self=True)
     await dispatch.strategy.claimed(conn, claimed)
+    await _tell_staff(conn, message)
     return message
 
 
@@ -122,7 +126,21 @@ async def cancel_trip(conn: Connection, data: Any) -> dict[str, Any]:
     trip_id = _trip_id(fields, errors)
     if errors:
         raise ProtocolError("invalid", "The cancel request is not valid.", errors)
-    trip = await _get_trip(conn, trip_id)
+    return await _cancel(conn, await _get_trip(conn, trip_id))
+
+
+async def cancel_for_staff(conn: Connection, trip_id: str) -> dict[str, Any]:
+    """An operator cancels a trip (the admin API, through a socketless Connection of the
+    staff user): riders, drivers and the dispatch strategy hear it exactly as when the
+    rider cancels. Returns the `trip.updated` message."""
+    _require_group(conn, STAFF, "Only staff cancel other people's trips.")
+    trip = await conn.store.get_trip(trip_id)
+    if trip is None:
+        raise ProtocolError("not_found", "No such trip.")
+    return await _cancel(conn, trip)
+
+
+async def _cancel(conn: Connection, trip: Trip) -> dict[str, Any]:
     if trip.status not in (TripStatus.REQUESTED, TripStatus.STARTED):
         raise _transition(trip.status, TripStatus.CANCELED)
     canceled = await conn.store.update_trip(
@@ -137,7 +155,14 @@ async def cancel_trip(conn: Connection, data: Any) -> dict[str, Any]:
         await dispatch_of(conn).strategy.canceled(conn, canceled)
     if trip.driver_id is not None:
         await dispatch_of(conn).trip_changed(trip.driver_id)
+    await _tell_staff(conn, message)
     return message
+
+
+async def _tell_staff(conn: Connection, message: dict[str, Any]) -> None:
+    """Every stored change of a trip also reaches the operators' page (`admin.trip`)."""
+    if conn.settings.admin.enabled:
+        await tell_staff(conn.hub, "admin.trip", message["data"])
 
 
 async def decline_trip(conn: Connection, data: Any) -> dict[str, Any]:

@@ -42,7 +42,9 @@ _RANKS = {
 }
 
 ACTIVE_STATUSES = (TripStatus.REQUESTED, TripStatus.STARTED, TripStatus.IN_PROGRESS)
-GROUPS = ("rider", "driver")
+GROUPS = ("rider", "driver")  # what sign-up offers
+STAFF = "staff"  # operators: made only from the terminal (taxi-tornado createuser --staff)
+ALL_GROUPS = (*GROUPS, STAFF)
 
 
 class StoreError(Exception):
@@ -224,6 +226,16 @@ class Store(abc.ABC):
         Returns the updated trip, or None when the trip is missing or changed meanwhile.
         This compare-and-set is the only way a driver claims a trip.
         """
+
+    # What the operators' page shows: the whole deployment, not one user's view.
+
+    @abc.abstractmethod
+    async def trip_counts(self) -> dict[TripStatus, int]:
+        """How many trips have each status (every status present, 0 when none)."""
+
+    @abc.abstractmethod
+    async def unfinished_trips(self, limit: int) -> list[Trip]:
+        """The REQUESTED, STARTED and IN_PROGRESS trips, oldest first, at most `limit`."""
 
 
 def open_store(url: str) -> Store:

@@ -51,6 +51,7 @@ Document = dict[str, Any]
 # /readyz answers 503 promptly. A serverSelectionTimeoutMS in the URL wins.
 SERVER_SELECTION_TIMEOUT_MS = 2000
 NEWEST_FIRST = [("created_us", DESCENDING), ("_id", ASCENDING)]
+OLDEST_FIRST = [("created_us", ASCENDING), ("_id", ASCENDING)]
 TRIP_INDEXES = (
     [("rider_id", ASCENDING), ("created_us", DESCENDING)],
     [("driver_id", ASCENDING), ("created_us", DESCENDING)],
@@ -217,6 +218,20 @@ class MongoStore(Store):
         if document is None:
             return None
         return (await self._resolve([document]))[0]
+
+    async def trip_counts(self) -> dict[TripStatus, int]:
+        counts = dict.fromkeys(TripStatus, 0)
+        with _driver_errors("cannot count trips"):
+            for status in TripStatus:  # one index count each, never a collection scan
+                counts[status] = await self._trips.count_documents({"status": status.value})
+        return counts
+
+    async def unfinished_trips(self, limit: int) -> list[Trip]:
+        query = {"status": {"$in": [status.value for status in ACTIVE_STATUSES]}}
+        with _driver_errors("cannot list trips"):
+            cursor = self._trips.find(query).sort(OLDEST_FIRST).limit(limit)
+            documents = await cursor.to_list(None)
+        return await self._resolve(documents)
 
     async def _ensure_indexes(self) -> None:
         """Create the indexes once per store; creating an existing index is a no-op."""

@@ -269,7 +269,7 @@ class SQLiteStore(Store):
                         found[user_id].append(trip_id)
         return found
 
-    async def _read(self, query: str, parameters: Sequence[str]) -> Iterable[sqlite3.Row]:
+    async def _read(self, query: str, parameters: Sequence[object]) -> Iterable[sqlite3.Row]:
         """One round trip to aiosqlite's thread; its failures become StoreError."""
         try:
             return await self.db.execute_fetchall(query, parameters)
@@ -294,6 +294,19 @@ class SQLiteStore(Store):
         if cursor.rowcount != 1:
             return None
         return await self.get_trip(trip_id)
+
+    async def trip_counts(self) -> dict[TripStatus, int]:
+        counts = dict.fromkeys(TripStatus, 0)
+        rows = await self._read("SELECT status, COUNT(*) FROM trips GROUP BY status", ())
+        for status, count in rows:
+            counts[TripStatus(status)] = count
+        return counts
+
+    async def unfinished_trips(self, limit: int) -> list[Trip]:
+        query = (f"{TRIP_SELECT} WHERE t.status IN ({ACTIVE_MARKS})"
+                 " ORDER BY t.created, t.id LIMIT ?")
+        rows = await self._read(query, (*ACTIVE_STATUSES, limit))
+        return [_trip(row) for row in rows]
 
 
 class Coalescer(Generic[T]):

@@ -1,0 +1,170 @@
+// The operators' page: log in, read GET /api/admin/ once, then follow the live socket.
+//
+// State is the latest overview plus the unfinished trips by id. `admin.stats` replaces
+// the overview every second; `admin.trip` moves one trip at once. A trip row is only
+// ever replaced by a newer version of itself (by its `updated` time), so a stats snapshot
+// taken a moment before an event cannot undo it.
+
+import { Session } from "./api.js";
+import { LiveLink } from "./live.js";
+import { drawMap } from "./map.js";
+import {
+  logAction, renderCards, renderMessages, renderNodes, renderTrips, tickAges,
+} from "./view.js";
+
+const $ = (id) => document.getElementById(id);
+const FINAL = new Set(["COMPLETED", "CANCELED"]);
+const LIVE_LABELS = { live: "live", connecting: "connecting…", offline: "offline" };
+
+const session = new Session();
+const state = {
+  overview: null,
+  trips: new Map(), // id -> trip row, unfinished only
+  updated: new Map(), // id -> the newest `updated` heard for the trip
+  clockOffset: 0, // server clock minus this browser's, in ms
+  link: null,
+};
+const actions = { cancel, closeSockets };
+
+$("login-form").addEventListener("submit", logIn);
+$("log-out").addEventListener("click", logOut);
+$("disconnect-form").addEventListener("submit", closeSocketsFromForm);
+setInterval(() => tickAges(serverNow()), 1000);
+if (session.loggedIn) enter(); else showLogIn("");
+
+async function logIn(event) {
+  event.preventDefault();
+  try {
+    await session.logIn($("username").value, $("password").value);
+  } catch (error) {
+    showLogIn(error.message);
+    return;
+  }
+  $("password").value = "";
+  enter();
+}
+
+// The server decides who is staff: a rider's or driver's token gets a 403 here.
+async function enter() {
+  let overview;
+  try {
+    overview = await session.overview();
+  } catch (error) {
+    session.logOut();
+    showLogIn(error.message);
+    return;
+  }
+  $("login").hidden = true;
+  $("dashboard").hidden = false;
+  $("log-out").hidden = false;
+  $("who").textContent = session.claims.username;
+  applyOverview(overview);
+  state.link = new LiveLink(session, overview.page.socket_path, onEvent, showLinkState);
+  state.link.open();
+}
+
+function logOut() {
+  if (state.link) state.link.close();
+  state.link = null;
+  session.logOut();
+  showLogIn("");
+}
+
+function showLogIn(message) {
+  $("dashboard").hidden = true;
+  $("log-out").hidden = true;
+  $("who").textContent = "";
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+}
+
+function showLinkState(linkState) {
+  $("live").textContent = LIVE_LABELS[linkState];
+  $("live").className = `live ${linkState === "live" ? "on" : "off"}`;
+}
+
+function onEvent(message) {
+  if (message.type === "admin.stats") applyOverview(message.data);
+  else if (message.type === "admin.trip") applyTrip(message.data);
+}
+
+function applyOverview(overview) {
+  state.overview = overview;
+  state.clockOffset = Date.parse(overview.generated) - Date.now();
+  const trips = new Map();
+  for (const row of overview.trips.unfinished) {
+    if (!isStale(row)) trips.set(row.id, row);
+  }
+  for (const [id, trip] of state.trips) { // heard of after the snapshot was taken
+    if (!trips.has(id) && trip.updated > overview.generated) trips.set(id, trip);
+  }
+  state.trips = trips;
+  renderCards(overview);
+  renderMessages(overview.messages);
+  renderNodes(overview.nodes);
+  redrawTrips();
+}
+
+function applyTrip(trip) {
+  if (isStale(trip)) return;
+  state.updated.set(trip.id, trip.updated);
+  if (FINAL.has(trip.status)) state.trips.delete(trip.id);
+  else state.trips.set(trip.id, trip);
+  redrawTrips();
+}
+
+function isStale(trip) {
+  const newest = state.updated.get(trip.id);
+  return newest !== undefined && newest > trip.updated;
+}
+
+function redrawTrips() {
+  const rows = [...state.trips.values()].sort((a, b) => a.created.localeCompare(b.created));
+  renderTrips(rows, serverNow(), actions);
+  $("trips-shown").textContent = state.overview.trips.unfinished_total > rows.length
+    ? `(oldest ${rows.length} of ${state.overview.trips.unfinished_total})` : "";
+  const pickUps = rows.filter((trip) => trip.status === "REQUESTED" && trip.pick_up)
+    .map((trip) => ({ trip: trip.id, ...trip.pick_up }));
+  const drivers = state.overview.map.drivers;
+  drawMap($("map"), { drivers, pick_ups: pickUps }, state.overview.page.tile_url);
+  $("map-note").textContent = `${drivers.length} located driver${
+    drivers.length === 1 ? "" : "s"} · ${pickUps.length} waiting pick-up${
+    pickUps.length === 1 ? "" : "s"}`;
+}
+
+function serverNow() {
+  return Date.now() + state.clockOffset;
+}
+
+async function cancel(tripId) {
+  try {
+    const trip = await session.cancelTrip(tripId);
+    logAction(`canceled trip ${tripId.slice(0, 8)}`, true);
+    applyTrip(trip);
+  } catch (error) {
+    logAction(`could not cancel trip ${tripId.slice(0, 8)}: ${error.message}`, false);
+    afterFailure(error);
+  }
+}
+
+async function closeSockets(userId) {
+  try {
+    await session.closeSockets(userId);
+    logAction(`closed the sockets of user ${userId}`, true);
+  } catch (error) {
+    logAction(`could not close the sockets of ${userId}: ${error.message}`, false);
+    afterFailure(error);
+  }
+}
+
+function closeSocketsFromForm(event) {
+  event.preventDefault();
+  const userId = $("disconnect-user").value.trim();
+  if (userId) closeSockets(userId);
+  $("disconnect-user").value = "";
+}
+
+function afterFailure(error) {
+  if (error.status === 401) logOut();
+  else if (state.overview) redrawTrips();
+}

@@ -1,0 +1,66 @@
+// The page's live link: a v2 socket on the server's /taxi/ endpoint. A staff connection
+// joins the `admin` group, whose events all have types starting with `admin.`:
+// `admin.stats` (the overview, every second) and `admin.trip` (a trip that changed).
+// A dropped socket is opened again with a growing delay; so is one an operator closed.
+
+const SUBPROTOCOL = "taxi.v2";
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 10000;
+
+export class LiveLink {
+  // session: api.js Session; onEvent(message); onState("live" | "connecting" | "offline")
+  constructor(session, socketPath, onEvent, onState) {
+    this.session = session;
+    this.socketPath = socketPath;
+    this.onEvent = onEvent;
+    this.onState = onState;
+    this.socket = null;
+    this.retryMs = RETRY_MIN_MS;
+    this.timer = null;
+    this.stopped = false;
+  }
+
+  async open() {
+    this.stopped = false;
+    this.onState("connecting");
+    let access;
+    try {
+      access = await this.session.freshAccess();
+    } catch (error) {
+      this.retryLater();
+      return;
+    }
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${scheme}//${location.host}${this.socketPath}?token=${encodeURIComponent(access)}`;
+    const socket = new WebSocket(url, [SUBPROTOCOL]);
+    this.socket = socket;
+    socket.onopen = () => {
+      this.retryMs = RETRY_MIN_MS;
+      this.onState("live");
+    };
+    socket.onmessage = (event) => this.onEvent(JSON.parse(event.data));
+    socket.onclose = () => {
+      if (this.socket === socket) this.socket = null;
+      if (!this.stopped) this.retryLater();
+    };
+  }
+
+  retryLater() {
+    this.onState("offline");
+    if (this.stopped || this.timer !== null) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.open();
+    }, this.retryMs);
+    this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
+  }
+
+  close() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.socket) this.socket.close(1000);
+    this.socket = null;
+    this.onState("offline");
+  }
+}

@@ -1,0 +1,214 @@
+"""The operators' page in a real browser: Debian's headless Chromium driven by Playwright.
+
+Playwright's own browser download is never used: the tests launch /usr/bin/chromium
+(scripts/test.sh installs it). Every test that logs in saves a screenshot of the page
+under build/screenshots/ (git ignores build/), so that a person can look at it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.conftest import PASSWORD, ROOT, Client, RunningServer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "build" / "screenshots"
+ADDRESSES = {"pick_up_address": "1 Dock Road", "drop_off_address": "9 Hill Street"}
+QUICK = 2000  # ms: what the page must show within two seconds
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (scripts/test.sh does)"
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, server: RunningServer) -> AsyncIterator[Page]:
+    """A page that fails the test on any script error or policy violation; it closes
+    before the server stops (else its socket's reconnects would be errors)."""
+    opened = await browser.new_page(viewport={"width": 1280, "height": 960})
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(str(error)))
+    opened.on("console", lambda message: problems.append(message.text)
+              if message.type == "error" and "403" not in message.text else None)
+    yield opened
+    await opened.close()
+    assert problems == []
+
+
+async def log_in(page: Page, server: RunningServer, username: str) -> None:
+    await page.goto(f"{server.url}/admin/")
+    await page.fill("#username", username)
+    await page.fill("#password", PASSWORD)
+    await page.click("#login-form button[type=submit]")
+
+
+async def staff_page(page: Page, server: RunningServer) -> Page:
+    await server.user("olga", "staff")
+    await log_in(page, server, "olga")
+    await expect(page.locator("#dashboard")).to_be_visible()
+    await expect(page.locator("#live")).to_have_text("live")
+    return page
+
+
+async def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def redrawn(page: Page) -> None:
+    """Wait until the trips table has been drawn anew (it is, on every admin.stats)."""
+    await page.evaluate("document.querySelector('#trips tr').dataset.old = 'yes'")
+    await expect(page.locator("#trips tr[data-old]")).to_have_count(0)
+
+
+def row(page: Page, trip_id: str) -> Any:
+    return page.locator(f'#trips tr[data-trip="{trip_id}"]')
+
+
+async def test_staff_logs_in_and_the_page_goes_live(page: Page, server: RunningServer) -> None:
+    await staff_page(page, server)
+    await expect(page.locator("#who")).to_have_text("olga")
+    await expect(page.locator("#connections-versions")).to_have_text("v2: 1")  # its own socket
+    await expect(page.locator("#health")).to_have_text("OK")
+    await expect(page.locator("#nodes tr")).to_have_count(1)
+    await page.reload()  # the token lives in sessionStorage: no second log-in
+    await expect(page.locator("#live")).to_have_text("live")
+    await page.click("#log-out")
+    await expect(page.locator("#login")).to_be_visible()
+
+
+async def test_driver_appears_on_map_and_in_counts_within_two_seconds(
+    page: Page, server: RunningServer,
+) -> None:
+    await staff_page(page, server)
+    await expect(page.locator("#drivers-connected")).to_have_text("0")
+    driver, token = await server.user("dan", "driver")
+    client = await server.connect(token, v2=True)
+    await client.send({"type": "driver.location", "data": {"lat": 51.5072, "lng": -0.1276}})
+    await expect(page.locator("#drivers-connected")).to_have_text("1", timeout=QUICK)
+    dot = page.locator(f'#map circle.driver[data-driver="{driver.id}"]')
+    await expect(dot).to_have_class(re.compile(r"\bavailable\b"), timeout=QUICK)
+    await expect(page.locator("#drivers-available")).to_have_text("1", timeout=QUICK)
+    await screenshot(page, "admin-driver")
+
+
+async def test_trip_requested_and_claimed_moves_through_the_table(
+    page: Page, server: RunningServer,
+) -> None:
+    await staff_page(page, server)
+    _, rider_token = await server.user("rita")
+    driver, driver_token = await server.user("dan", "driver")
+    rider = await server.connect(rider_token, v2=True)
+    driver_ws = await server.connect(driver_token, v2=True)
+    await driver_ws.send({"type": "driver.location", "data": {"lat": 51.51, "lng": -0.12}})
+    reply = await rider.request({"type": "trip.request", "data": {
+        **ADDRESSES, "pick_up": {"lat": 51.5033, "lng": -0.1196}}})
+    trip = reply["data"]
+    await expect(row(page, trip["id"])).to_have_attribute("data-status", "REQUESTED",
+                                                           timeout=QUICK)
+    await expect(page.locator(f'#map .pick-up[data-trip="{trip["id"]}"]')).to_have_count(1)
+    await expect(row(page, trip["id"]).locator("td").nth(2)).to_contain_text("rita")
+    for status in ("STARTED", "IN_PROGRESS"):
+        await driver_ws.send({"type": "trip.update", "data": {"id": trip["id"],
+                                                              "status": status}})
+        await expect(row(page, trip["id"])).to_have_attribute("data-status", status,
+                                                               timeout=QUICK)
+    await expect(row(page, trip["id"]).locator("td").nth(3)).to_contain_text("dan")
+    await expect(page.locator(f'#map .pick-up[data-trip="{trip["id"]}"]')).to_have_count(0)
+    await expect(page.locator(f'#map circle.driver[data-driver="{driver.id}"]')) \
+        .to_have_class(re.compile(r"\bbusy\b"), timeout=QUICK)
+    await driver_ws.send({"type": "trip.update", "data": {"id": trip["id"],
+                                                          "status": "COMPLETED"}})
+    await expect(row(page, trip["id"])).to_have_count(0, timeout=QUICK)
+
+
+async def test_cancel_from_the_page_reaches_the_riders_socket(
+    page: Page, server: RunningServer,
+) -> None:
+    await staff_page(page, server)
+    _, rider_token = await server.user("rita")
+    rider = await server.connect(rider_token)
+    trip = (await rider.request({"type": "trip.request", "data": ADDRESSES}))["data"]
+    cancel = row(page, trip["id"]).locator("button.cancel")
+    await cancel.click()
+    await expect(cancel).to_have_text("Sure?")
+    await cancel.click()
+    heard = await rider.receive()
+    assert heard["type"] == "trip.updated"
+    assert (heard["data"]["id"], heard["data"]["status"]) == (trip["id"], "CANCELED")
+    await expect(row(page, trip["id"])).to_have_count(0, timeout=QUICK)
+    await expect(page.locator("#actions li").first).to_contain_text("canceled trip")
+
+
+async def test_closing_a_riders_sockets_from_the_page(page: Page, server: RunningServer) -> None:
+    await staff_page(page, server)
+    _, rider_token = await server.user("rita")
+    rider: Client = await server.connect(rider_token)
+    trip = (await rider.request({"type": "trip.request", "data": ADDRESSES}))["data"]
+    close = row(page, trip["id"]).locator("button.close-sockets").first
+    await close.click()
+    await expect(close).to_have_text("Sure?")
+    await redrawn(page)  # the table is redrawn every second: the button stays armed
+    await expect(close).to_have_text("Sure?")
+    await close.click()
+    assert await rider.closed() == 4000
+    await expect(page.locator("#actions li").first).to_contain_text("closed the sockets")
+
+
+async def test_a_riders_token_cannot_open_the_page_or_its_api(
+    page: Page, server: RunningServer,
+) -> None:
+    _, rider_token = await server.user("rita")
+    await log_in(page, server, "rita")
+    await expect(page.locator("#login-error")).to_have_text("Only staff can use the admin API.")
+    await expect(page.locator("#dashboard")).to_be_hidden()
+    status = await page.evaluate(
+        """async (token) => (await fetch("/api/admin/",
+               {headers: {Authorization: `Bearer ${token}`}})).status""", rider_token)
+    assert status == 403
+
+
+async def test_screenshot_of_a_busy_city(page: Page, server: RunningServer) -> None:
+    """Drivers in every state and trips at every stage, drawn together: the picture in
+    docs/operations.md comes from this test's build/screenshots/admin-page.png."""
+    await staff_page(page, server)
+    spots = [(51.5079, -0.0877), (51.5155, -0.0922), (51.5033, -0.1196), (51.5138, -0.0984),
+             (51.5007, -0.1246), (51.5194, -0.1270), (51.5110, -0.1180)]
+    drivers: list[Client] = []
+    for number, (lat, lng) in enumerate(spots):
+        _, token = await server.user(f"driver{number}", "driver")
+        client = await server.connect(token, v2=True)
+        await client.send({"type": "driver.location", "data": {"lat": lat, "lng": lng}})
+        drivers.append(client)
+    await drivers[6].request({"type": "driver.status", "data": {"status": "unavailable"}})
+    places = [("Tower Bridge", 51.5055, -0.0754), ("King's Cross", 51.5308, -0.1238),
+              ("Borough Market", 51.5055, -0.0910), ("Covent Garden", 51.5117, -0.1240)]
+    trips = []
+    for number, (address, lat, lng) in enumerate(places):
+        _, token = await server.user(f"rider{number}")
+        rider = await server.connect(token, v2=True)
+        reply = await rider.request({"type": "trip.request", "data": {
+            "pick_up_address": address, "drop_off_address": "Paddington",
+            "pick_up": {"lat": lat, "lng": lng}}})
+        trips.append(reply["data"]["id"])
+    for driver, trip_id, status in ((drivers[0], trips[0], "STARTED"),
+                                    (drivers[1], trips[1], "IN_PROGRESS")):
+        await driver.send({"type": "trip.update", "data": {"id": trip_id, "status": status}})
+    await drivers[2].request({"type": "no.such.type"})  # one error frame, for the table
+    await expect(page.locator("#drivers-available")).to_have_text("4")
+    await expect(page.locator("#map circle.driver")).to_have_count(7)
+    await expect(page.locator("#map .pick-up")).to_have_count(2)
+    await expect(page.locator("#errors")).to_contain_text("unknown_type")
+    await screenshot(page, "admin-page")
