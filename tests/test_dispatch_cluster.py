@@ -190,7 +190,7 @@ async def test_request_while_redis_is_down_is_dispatched_once_it_is_back(
         await driver.send({"type": "driver.location", "data": {"lat": lat, "lng": lng}})
         try:
             message = await driver.receive(0.5)
-        except TimeoutError:
+        except AssertionError:  # nothing within 0.5 s: report again
             assert time.monotonic() < deadline, "no offer after Redis came back"
             continue
         assert message["type"] == "trip.offer", message
