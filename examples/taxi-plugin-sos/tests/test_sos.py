@@ -109,7 +109,7 @@ async def test_acknowledged_alert_stops_and_the_trip_hears_it(taxi_server: TaxiS
     assert await rider_socket.receive("sos.acknowledged") == acknowledged
     assert await driver_socket.receive("sos.acknowledged") == acknowledged
     # Staff desks also hear the operators' live events: no further alert is what counts.
-    with pytest.raises(AssertionError, match="expected a frame of type 'sos.alert'"):
+    with pytest.raises(AssertionError, match=r"expected a frame of type 'sos\.alert'"):
         await desk.receive("sos.alert", timeout=1.0)  # past realert_after, twice over
 
 
