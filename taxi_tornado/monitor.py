@@ -32,6 +32,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from taxi_tornado import __version__, metrics
+from taxi_tornado.background import cancel_and_wait
 from taxi_tornado.frames import message_frame
 from taxi_tornado.plugins.admin import ADMIN
 from taxi_tornado.store import (
@@ -84,10 +85,7 @@ class Monitor:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         nodes, self._nodes = self._nodes, None
         if nodes is not None:
             with contextlib.suppress(*REDIS_ERRORS):

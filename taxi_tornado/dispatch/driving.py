@@ -19,6 +19,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from taxi_tornado.background import cancel_and_wait
 from taxi_tornado.store import Store
 
 log = logging.getLogger("taxi_tornado.dispatch")
@@ -41,10 +42,7 @@ class DrivingTrips:
             self._listener = asyncio.ensure_future(self._listen())
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await cancel_and_wait(self._listener)
 
     async def of(self, driver_id: str) -> list[str]:
         """The ids of the trips the driver is driving now."""

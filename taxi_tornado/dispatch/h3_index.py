@@ -23,7 +23,6 @@ from taxi_tornado.dispatch.locations import (
     LocatedDriver,
     LocationIndex,
     NearbyDriver,
-    indexable,
 )
 
 RESOLUTION = 9
@@ -82,9 +81,7 @@ class H3LocationIndex(LocationIndex):
         await self.forget(driver_id)
         return True
 
-    async def put(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
-        if not indexable(lat):
-            return
+    async def _put(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
         driver = self._drivers.get(driver_id)
         if driver is None:
             driver = self._drivers[driver_id] = _Driver()
@@ -119,18 +116,8 @@ class H3LocationIndex(LocationIndex):
         if driver is not None:
             driver.busy = busy
 
-    async def nearest(
-        self,
-        lat: float,
-        lng: float,
-        radius_m: float,
-        count: int,
-        *,
-        exclude: Collection[str] = (),
-        v2_only: bool = False,
-    ) -> list[NearbyDriver]:
-        if count <= 0 or not indexable(lat):
-            return []
+    async def _nearest(self, lat: float, lng: float, radius_m: float, count: int,
+                       exclude: Collection[str], v2_only: bool) -> list[NearbyDriver]:
         center = h3.latlng_to_cell(lat, lng, RESOLUTION)
         spacing = cell_spacing(center)
         last_ring = rings_to_cover(radius_m, spacing)

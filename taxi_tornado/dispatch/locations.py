@@ -75,9 +75,15 @@ class LocationIndex(abc.ABC):
         """A connection opened with `connect` closed. When it was the driver's last one
         on every process, forget the driver and return True."""
 
-    @abc.abstractmethod
     async def put(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
-        """Record the driver's position now; it counts for `ttl` seconds."""
+        """Record the driver's position now; it counts for `ttl` seconds. Positions
+        beyond MAX_INDEXED_LATITUDE are ignored."""
+        if indexable(lat):
+            await self._put(driver_id, lat, lng, heading)
+
+    @abc.abstractmethod
+    async def _put(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
+        """`put` for an indexable position."""
 
     @abc.abstractmethod
     async def forget(self, driver_id: str) -> None:
@@ -91,7 +97,6 @@ class LocationIndex(abc.ABC):
     async def set_busy(self, driver_id: str, busy: bool) -> None:
         """Whether the driver holds a STARTED or IN_PROGRESS trip."""
 
-    @abc.abstractmethod
     async def nearest(
         self,
         lat: float,
@@ -105,6 +110,14 @@ class LocationIndex(abc.ABC):
         """At most `count` available drivers within `radius_m` metres of the point,
         nearest first, leaving out `exclude`; with `v2_only`, only drivers with an open
         v2 connection (those who can receive offers)."""
+        if count <= 0 or not indexable(lat):
+            return []
+        return await self._nearest(lat, lng, radius_m, count, exclude, v2_only)
+
+    @abc.abstractmethod
+    async def _nearest(self, lat: float, lng: float, radius_m: float, count: int,
+                       exclude: Collection[str], v2_only: bool) -> list[NearbyDriver]:
+        """`nearest` for a positive count and an indexable point."""
 
     @abc.abstractmethod
     async def census(self) -> Census: ...

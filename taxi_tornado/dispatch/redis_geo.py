@@ -34,7 +34,6 @@ from taxi_tornado.dispatch.locations import (
     LocatedDriver,
     LocationIndex,
     NearbyDriver,
-    indexable,
 )
 
 log = logging.getLogger("taxi_tornado.dispatch")
@@ -195,7 +194,7 @@ class RedisLocationIndex(LocationIndex):
         self._failing = False
         self._leave = redis.register_script(LEAVE)
         self._reap = redis.register_script(REAP)
-        self._nearest = redis.register_script(NEAREST)
+        self._nearest_script = redis.register_script(NEAREST)
         self._census = redis.register_script(CENSUS)
         self._located = redis.register_script(LOCATED)
         self._purge = redis.register_script(PURGE)
@@ -249,9 +248,7 @@ class RedisLocationIndex(LocationIndex):
 
     # Reports
 
-    async def put(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
-        if not indexable(lat):
-            return
+    async def _put(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
         self._pending[driver_id] = (lat, lng, heading, _now_ms())
         if self._flushing is None:
             self._flushing = asyncio.ensure_future(self._flush())
@@ -322,21 +319,11 @@ class RedisLocationIndex(LocationIndex):
 
     # Queries
 
-    async def nearest(
-        self,
-        lat: float,
-        lng: float,
-        radius_m: float,
-        count: int,
-        *,
-        exclude: Collection[str] = (),
-        v2_only: bool = False,
-    ) -> list[NearbyDriver]:
-        if count <= 0 or not indexable(lat):
-            return []
+    async def _nearest(self, lat: float, lng: float, radius_m: float, count: int,
+                       exclude: Collection[str], v2_only: bool) -> list[NearbyDriver]:
         await self._written()
         fresh_since = _now_ms() - int(self.ttl * 1000)
-        rows = await self._nearest(
+        rows = await self._nearest_script(
             [self._geo, self._seen, self._headings],
             [lng, lat, radius_m, count, fresh_since, 2 if v2_only else 1, self._drv,
              *exclude],

@@ -9,7 +9,6 @@ from hub.url and hub.prefix, so that every process sees every driver and every o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taxi_tornado import metrics
+from taxi_tornado.background import cancel_and_wait
 from taxi_tornado.dispatch.driving import DrivingTrips
 from taxi_tornado.dispatch.h3_index import H3LocationIndex
 from taxi_tornado.dispatch.locations import LocationIndex
@@ -70,10 +70,7 @@ class Dispatch:
         self._upkeep = asyncio.ensure_future(self._keep_up())
 
     async def stop(self) -> None:
-        if self._upkeep is not None:
-            self._upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._upkeep
+        await cancel_and_wait(self._upkeep)
         await self.strategy.stop()
         await self.locations.stop()
         await self.trips.stop()

@@ -15,9 +15,8 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
-from taxi_tornado.auth import InvalidToken, token_from_request
 from taxi_tornado.frames import encode
-from taxi_tornado.handlers.base import NOT_FOUND, TOKEN_INVALID, ApiError, ApiHandler, base_url
+from taxi_tornado.handlers.base import NOT_FOUND, ApiError, ApiHandler, base_url
 from taxi_tornado.plugins import admin, trips
 from taxi_tornado.plugins.api import Connection, ProtocolError
 from taxi_tornado.store import STAFF, User
@@ -84,15 +83,7 @@ def content_security_policy(tile_url: str) -> str:
 class AdminApiHandler(ApiHandler):
     async def staff(self) -> User:
         """The staff user of the request's Bearer token; 401 or 403 otherwise."""
-        services = self.services
-        token = token_from_request(self.request.headers.get("Authorization"), None)
-        try:
-            claims = services.tokens.verify(token)
-        except InvalidToken:
-            raise ApiError(401, TOKEN_INVALID) from None
-        user = await services.store.get_user(services.tokens.user_id(claims))
-        if user is None:
-            raise ApiError(401, TOKEN_INVALID)
+        user, claims = await self.authenticate_with_claims()
         if claims.get("staff") is not True or user.group != STAFF:
             raise ApiError(403, STAFF_ONLY)
         return user

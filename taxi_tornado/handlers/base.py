@@ -142,6 +142,11 @@ class ApiHandler(tornado.web.RequestHandler):
 
     async def authenticate(self) -> User:
         """The user of the request's Bearer access token, or a 401."""
+        user, _claims = await self.authenticate_with_claims()
+        return user
+
+    async def authenticate_with_claims(self) -> tuple[User, dict[str, Any]]:
+        """`authenticate`, with the token's claims for handlers that check more of them."""
         services = self.services
         token = token_from_request(self.request.headers.get("Authorization"), None)
         try:
@@ -151,7 +156,7 @@ class ApiHandler(tornado.web.RequestHandler):
         user = await services.store.get_user(services.tokens.user_id(claims))
         if user is None:
             raise ApiError(401, TOKEN_INVALID)
-        return user
+        return user, claims
 
     def body_fields(self, *, allow_multipart: bool = True) -> dict[str, Any]:
         """The request body as a dict: JSON, urlencoded, or (if allowed) multipart."""

@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from taxi_tornado import metrics
+from taxi_tornado.background import cancel_and_wait
 from taxi_tornado.hub.brokers import Broker
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
 from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, RedisHistory
@@ -130,10 +131,7 @@ class RedisBroker(Broker):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         async with self._publish_lock:
             if self._publisher is not None:
                 await self._publisher.disconnect(nowait=True)

@@ -121,11 +121,7 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
 
 async def cancel_trip(conn: Connection, data: Any) -> dict[str, Any]:
     _require_group(conn, "rider", "Only the trip's rider can cancel it.")
-    fields = _object(data)
-    errors: dict[str, list[str]] = {}
-    trip_id = _trip_id(fields, errors)
-    if errors:
-        raise ProtocolError("invalid", "The cancel request is not valid.", errors)
+    trip_id = _only_trip_id(data, "The cancel request is not valid.")
     return await _cancel(conn, await _get_trip(conn, trip_id))
 
 
@@ -168,11 +164,7 @@ async def _tell_staff(conn: Connection, message: dict[str, Any]) -> None:
 async def decline_trip(conn: Connection, data: Any) -> dict[str, Any]:
     """A driver turns down the trip they were offered (`nearest` dispatch)."""
     _require_group(conn, "driver", "Only drivers decline trips.")
-    fields = _object(data)
-    errors: dict[str, list[str]] = {}
-    trip_id = _trip_id(fields, errors)
-    if errors:
-        raise ProtocolError("invalid", "The decline is not valid.", errors)
+    trip_id = _only_trip_id(data, "The decline is not valid.")
     trip = await conn.store.get_trip(trip_id)
     if trip is None or not await dispatch_of(conn).strategy.decline(conn, trip):
         raise ProtocolError("not_found", "You hold no offer for this trip.")
@@ -270,6 +262,16 @@ def _own_id(
     value = fields.get(name)
     if value is not None and str(value) != conn.user.id:
         errors[name] = ["Must be your own user id."]
+
+
+def _only_trip_id(data: Any, invalid: str) -> str:
+    """The trip id of a message whose data is just `{"id": ...}`; `invalid` says which
+    request was not valid."""
+    errors: dict[str, list[str]] = {}
+    trip_id = _trip_id(_object(data), errors)
+    if errors:
+        raise ProtocolError("invalid", invalid, errors)
+    return trip_id
 
 
 def _trip_id(fields: dict[str, Any], errors: dict[str, list[str]]) -> str:
