@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gc
 import os
 import struct
 import time
@@ -142,22 +141,27 @@ async def test_no_frame_follows_the_close_frame_of_an_expired_token(
 
 # --- 3. the expiry timer keeps an entry per closed socket until its token's exp ----------
 
-@pytest.mark.xfail(strict=True, reason="review finding 3: TokenExpiry keeps one heap entry "
-                   "per v2 socket ever opened until that token's exp (60 min by default): "
-                   "socket churn on one token grows the heap without bound")
 async def test_closed_sockets_leave_no_entries_in_the_expiry_timer(
     tmp_path: Path, start: Start,
 ) -> None:
-    server = await start(make_settings(tmp_path))
-    _, token = await server.user("rider.churn")
+    server = await start(make_settings(tmp_path, auth={"secret_key": SECRET,
+                                                       "refresh_grace": 0}))
+    user, token = await server.user("rider.churn")
     services = server.server.services
+    # One socket stays open on a token that expires soon, while 60 come and go on a
+    # token valid for an hour.
+    staying = await server.connect(access_token(user.id, time.time() + 3), v2=True)
     for _ in range(60):
         client = await server.connect(token, v2=True)
         client.close()
+        assert services.expiry.entries() <= 2 * len(services.sockets) + 1
+    await eventually(lambda: len(services.sockets) == 1, timeout=5)
+    assert services.expiry.entries() <= 2
+    # The socket still open keeps its deadline through the rebuilds.
+    assert (await staying.receive(timeout=6))["type"] == "auth.expired"
+    assert await staying.closed(timeout=5) == 4001
     await eventually(lambda: not services.sockets, timeout=5)
-    gc.collect()
-    # No socket is open: a bounded timer holds at most a few stale entries.
-    assert len(services.expiry._heap) <= 10
+    assert services.expiry.entries() == 0
 
 
 # --- 4. plugin path parameters hold decoded slashes and control characters ---------------

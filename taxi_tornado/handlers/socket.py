@@ -340,6 +340,7 @@ class TaxiSocket(WebSocketHandler):
         if self.ended:
             return
         self.ended = True
+        self.services.expiry.forget(self)
         conn = self.connection
         if conn is None:
             return
