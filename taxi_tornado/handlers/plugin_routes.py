@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from taxi_tornado import metrics
 from taxi_tornado.frames import encode
-from taxi_tornado.handlers.base import NOT_FOUND, ApiError, ApiHandler, base_url
+from taxi_tornado.handlers.base import (
+    NOT_FOUND,
+    ApiError,
+    ApiHandler,
+    base_url,
+    method_not_allowed,
+)
 from taxi_tornado.plugins.api import HttpError, PluginError, Request, Response, Route
 from taxi_tornado.store import User
 
@@ -116,12 +122,15 @@ class PluginRouteHandler(ApiHandler):
     def cors_methods(self) -> str:
         return ", ".join([*self.routes, "OPTIONS"])
 
+    def allowed_methods(self) -> list[str]:
+        return list(self.routes)
+
     async def _serve(self, params: dict[str, str]) -> None:
         method = self.request.method or "GET"
         route = self.routes.get(method)
         if route is None:  # written here: an error response would drop the Allow header
-            self.set_header("Allow", ", ".join(self.routes))
-            self.write_json({"detail": f'Method "{method}" not allowed.'}, 405)
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+            self.write_json(method_not_allowed(method), 405)
             return
         request = Request(
             method=method,
