@@ -148,8 +148,14 @@ class TokenAuthority:
             self.id_claim: user_id,
         }
 
-    def verify(self, token: str | None, token_type: str = ACCESS) -> dict[str, Any]:
-        """The token's claims, or InvalidToken; only `token_type` tokens pass."""
+    def verify(self, token: str | None, token_type: str = ACCESS, *,
+               exp_leeway: float | None = None) -> dict[str, Any]:
+        """The token's claims, or InvalidToken; only `token_type` tokens pass.
+
+        `exp_leeway` narrows how long past `exp` a token still passes (auth.leeway
+        unless given; 0 on a live socket, where the refresh grace stands in for it);
+        `iat` and `nbf` always get auth.leeway, for the clocks of two hosts differ.
+        """
         if not token:
             raise InvalidToken("no token")
         try:
@@ -166,6 +172,8 @@ class TokenAuthority:
         # version did: the protocol's rule does not hang on the installed one.
         if _seconds(claims["iat"]) > time.time() + self.leeway:
             raise InvalidToken("issued in the future")
+        if exp_leeway is not None and _seconds(claims["exp"]) <= time.time() - exp_leeway:
+            raise InvalidToken("expired")
         if claims.get("token_type") != token_type:
             raise InvalidToken(f"not an {token_type} token")
         if not isinstance(claims.get(self.id_claim), str):

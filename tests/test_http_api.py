@@ -302,6 +302,23 @@ async def test_unknown_path_and_wrong_method_are_json(server: RunningServer) -> 
     assert b"<html" not in response.body.lower()
 
 
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("GET", "/api/log_in/", "POST"),
+    ("DELETE", "/api/trip/", "GET"),
+    ("PUT", "/api/trip/0b9c8a52-6f0e-4c2a-9d0e-1f2a3b4c5d6e/", "GET"),
+    ("POST", "/healthz", "GET"),
+    ("PATCH", "/api/hub/publish/", "POST"),
+    ("BREW", "/api/token/refresh/", "POST"),  # a method Tornado does not know at all
+])
+async def test_wrong_method_on_a_core_path_is_405_naming_it_with_allow(
+    server: RunningServer, method: str, path: str, allowed: str,
+) -> None:
+    status, data, response = await server.fetch(path, method)
+    assert (status, data) == (405, {"detail": f'Method "{method}" not allowed.'})
+    assert response.headers["Allow"] == allowed
+    assert response.headers["Content-Type"] == "application/json"
+
+
 async def test_cors_preflight_for_allowed_origin(tmp_path, start) -> None:  # type: ignore[no-untyped-def]
     origin = "http://localhost:3000"
     running = await start(make_settings(tmp_path, server={"port": 0,

@@ -159,3 +159,29 @@ def test_words_near_token_names_are_left_alone(server_logging: Any) -> None:
                "GET /api/trip/?before=2026-01-01 (127.0.0.1)")
     logging.getLogger("taxi_tornado.app").info(message)
     assert message in buffer.getvalue()
+
+
+@pytest.mark.parametrize("log_format", FORMATS)
+def test_percent_encoded_tokens_are_redacted_in_any_line(
+    server_logging: Any, log_format: str
+) -> None:
+    buffer = server_logging(log_format)
+    access, refresh = tokens()
+    encoded = "".join(f"%{ord(char):02X}" for char in access)  # every character escaped
+    logging.getLogger("some.plugin").info("GET /taxi/?%%74oken=%%65%s (127.0.0.1)", access[1:])
+    logging.getLogger("some.plugin").info("uri /api/x/?a=1&%s=%s", "%72efresh", "opaque-value")
+    logging.getLogger("some.plugin").info("next=%s; fully %s", refresh.replace(".", "%2E"),
+                                          encoded)
+    output = buffer.getvalue()
+    for secret in (access, refresh, "opaque-value"):
+        for segment in secret.split("."):
+            assert segment not in output, secret
+    assert "?%74oken=[redacted]" in output and "&%72efresh=[redacted]" in output
+    assert output.count("[redacted]") == 4
+
+
+def test_percent_escapes_without_a_token_are_left_alone(server_logging: Any) -> None:
+    buffer = server_logging("text")
+    message = "GET /api/trip/?before=2026%2D01&q=%C3%A9cole (127.0.0.1) 50% done"
+    logging.getLogger("taxi_tornado.app").info(message)
+    assert message in buffer.getvalue()

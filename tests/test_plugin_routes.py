@@ -131,6 +131,9 @@ async def test_wrong_method_is_405_naming_it(
 
     assert (response.status, response.json) == (405, {"detail": 'Method "DELETE" not allowed.'})
     assert response.headers["Allow"] == "POST"
+    # A method no plugin route can serve says the same, with the path's methods.
+    response = await rider.http.request("HEAD", "/api/notes/")
+    assert (response.status, response.headers["Allow"]) == (405, "POST")
 
 
 async def test_optional_and_no_auth(fake_plugins: FakeDistributions, start: Start) -> None:

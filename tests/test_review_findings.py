@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gc
 import os
 import struct
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import orjson
 import pytest
 
 from tests.conftest import SECRET, FakeDistributions, RunningServer, make_settings
@@ -142,22 +142,27 @@ async def test_no_frame_follows_the_close_frame_of_an_expired_token(
 
 # --- 3. the expiry timer keeps an entry per closed socket until its token's exp ----------
 
-@pytest.mark.xfail(strict=True, reason="review finding 3: TokenExpiry keeps one heap entry "
-                   "per v2 socket ever opened until that token's exp (60 min by default): "
-                   "socket churn on one token grows the heap without bound")
 async def test_closed_sockets_leave_no_entries_in_the_expiry_timer(
     tmp_path: Path, start: Start,
 ) -> None:
-    server = await start(make_settings(tmp_path))
-    _, token = await server.user("rider.churn")
+    server = await start(make_settings(tmp_path, auth={"secret_key": SECRET,
+                                                       "refresh_grace": 0}))
+    user, token = await server.user("rider.churn")
     services = server.server.services
+    # One socket stays open on a token that expires soon, while 60 come and go on a
+    # token valid for an hour.
+    staying = await server.connect(access_token(user.id, time.time() + 3), v2=True)
     for _ in range(60):
         client = await server.connect(token, v2=True)
         client.close()
+        assert services.expiry.entries() <= 2 * len(services.sockets) + 1
+    await eventually(lambda: len(services.sockets) == 1, timeout=5)
+    assert services.expiry.entries() <= 2
+    # The socket still open keeps its deadline through the rebuilds.
+    assert (await staying.receive(timeout=6))["type"] == "auth.expired"
+    assert await staying.closed(timeout=5) == 4001
     await eventually(lambda: not services.sockets, timeout=5)
-    gc.collect()
-    # No socket is open: a bounded timer holds at most a few stale entries.
-    assert len(services.expiry._heap) <= 10
+    assert services.expiry.entries() == 0
 
 
 # --- 4. plugin path parameters hold decoded slashes and control characters ---------------
@@ -171,44 +176,62 @@ THINGS = """
 """
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 4: {name} is documented to match "
-                   "one segment, but Tornado decodes %2F and %00 into it, so a plugin "
-                   "receives '../../etc' or NUL bytes")
 async def test_plugin_path_parameter_never_holds_a_slash_or_control_character(
     tmp_path: Path, start: Start, fake_plugins: FakeDistributions,
 ) -> None:
     fake_plugins.add("things", THINGS)
     server = await start(make_settings(tmp_path))
-    for raw in ("..%2F..%2Fetc", "a%00b"):
+    for raw in ("..%2F..%2Fetc", "a%2fb", "a%00b", "a%0Ab", "a%7Fb", "a%C2%85b"):
+        for method in ("GET", "DELETE"):  # 404 before the 405 of an unserved method
+            status, body, _ = await server.fetch(f"/api/things/{raw}/", method)
+            assert (status, body) == (404, {"detail": "Not found."}), (raw, method)
+    # Other values arrive decoded.
+    for raw, decoded in (("a%20b", "a b"), ("%C3%A9t%C3%A9", "\u00e9t\u00e9")):
         status, body, _ = await server.fetch(f"/api/things/{raw}/")
-        assert status == 404 or ("/" not in body["thing"] and "\x00" not in body["thing"]), \
-            (raw, status, body)
+        assert (status, body) == (200, {"thing": decoded}), raw
 
 
 # --- 5. a non-ASCII digit in Content-Length: uncaught exception, no answer ---------------
 
-@pytest.mark.xfail(strict=True, reason="review finding 5: BodyLimit calls int() on a "
-                   "Content-Length that str.isdigit() accepts ('\\xb2'); the ValueError is "
-                   "an uncaught exception with a traceback in the log and no response")
-async def test_content_length_with_a_superscript_digit_is_answered_400(
-    tmp_path: Path, start: Start,
-) -> None:
-    server = await start(make_settings(tmp_path))
+async def raw_answer(server: RunningServer, request: bytes) -> bytes:
+    """Everything the server writes back to `request` until it closes the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"POST /api/log_in/ HTTP/1.1\r\nHost: localhost\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: \xb2\r\n\r\n{}")
+    writer.write(request)
     try:
-        answer = await asyncio.wait_for(reader.read(4096), 5)
+        return await asyncio.wait_for(reader.read(), 5)  # to EOF: the server closes
     finally:
         writer.close()
-    assert answer.startswith(b"HTTP/1.1 400"), answer
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xd9\xa3", b"1e3", b"-1", b"2, 3", b""])
+async def test_content_length_that_is_not_a_decimal_number_is_answered_400_json(
+    tmp_path: Path, start: Start, caplog: pytest.LogCaptureFixture, length: bytes,
+) -> None:
+    server = await start(make_settings(tmp_path))
+    answer = await raw_answer(server, b"POST /api/log_in/ HTTP/1.1\r\nHost: localhost\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: " + length
+                              + b"\r\n\r\n{}")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"application/json" in head
+    # One answer, then the connection closes: nothing of Tornado's own 400 follows.
+    assert orjson.loads(body) == {
+        "detail": "Content-Length must be one decimal number of bytes."}, answer
+    assert not [record for record in caplog.records if record.exc_info], caplog.text
+
+
+async def test_content_length_repeated_with_one_value_is_still_taken(
+    server: RunningServer,
+) -> None:
+    answer = await raw_answer(server, b"POST /api/log_in/ HTTP/1.1\r\nHost: localhost\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 2, 2\r\n"
+                              b"Connection: close\r\n\r\n{}")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer  # log_in's field errors
+    assert b"username" in answer.partition(b"\r\n\r\n")[2], answer
 
 
 # --- 6. auth.refresh takes a token that already expired (leeway) -------------------------
 
-@pytest.mark.xfail(strict=True, reason="review finding 6: auth.refresh verifies with "
-                   "auth.leeway, so a token expired seconds ago gets auth.refreshed; "
-                   "PROTOCOL.md: on a live socket the leeway does not apply")
 async def test_refresh_with_a_token_expired_seconds_ago_is_token_not_valid(
     server: RunningServer,
 ) -> None:
@@ -217,23 +240,35 @@ async def test_refresh_with_a_token_expired_seconds_ago_is_token_not_valid(
     stale = access_token(user.id, time.time() - 5, time.time() - 600)
     answer = await client.request({"type": "auth.refresh", "data": {"token": stale}})
     assert answer["type"] == "error" and answer["data"]["code"] == "token_not_valid", answer
+    # auth.leeway still covers the handshake and the API, and iat from a host whose clock
+    # runs a little ahead.
+    status, _, _ = await server.fetch("/api/trip/", token=stale)
+    assert status == 200
+    ahead = access_token(user.id, time.time() + 600, time.time() + 10)
+    answer = await client.request({"type": "auth.refresh", "data": {"token": ahead}})
+    assert answer["type"] == "auth.refreshed", answer
     client.close()
 
 
 # --- 7. a percent-encoded query token reaches the access log -----------------------------
 
-@pytest.mark.xfail(strict=True, reason="review finding 7: Tornado decodes ?%74oken=%65yJ… "
-                   "into a working token, but the redactor matches only the raw URI "
-                   "('token=' or 'eyJ'), so the access log keeps the token")
 async def test_percent_encoded_query_token_is_not_logged(
     tmp_path: Path, processes: Any,
 ) -> None:
     seeded = await seed_users(tmp_path, ("rider.encoded", "rider"))
     token = seeded["rider.encoded"].token
     running = processes()
-    path = f"/taxi/?%74oken=%{ord(token[0]):02X}{token[1:]}"
+    path = f"/taxi/?%74oken=%{ord(token[0]):02X}{token[1:]}&from=%C3%A9cole"
     status, _ = await upgrade(running.port, path, "127.0.0.1")
     assert status == 101  # the server took it as the token
-    signature = token.rsplit(".", 1)[1]
-    await eventually(lambda: "GET /taxi/" in running.log(), timeout=5)
-    assert signature not in running.log()
+    # A token under another key, split by escapes, is no token of the log's either.
+    hidden = token.replace(".", "%2E")
+    status, _ = await upgrade(running.port, f"/taxi/?x={hidden}", "127.0.0.1")
+    assert status == 401
+    await eventually(lambda: "GET /taxi/?x=" in running.log(), timeout=5)
+    log = running.log()
+    for segment in token.split("."):
+        assert segment not in log
+    # The access log shows the query as the handler read it.
+    assert "GET /taxi/?token=[redacted]&from=%C3%A9cole" in log
+    assert "GET /taxi/?x=[redacted]" in log

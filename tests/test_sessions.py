@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 
 from examples.mobile_client import MobileClient
 from taxi_tornado.auth import TokenAuthority
-from taxi_tornado.hub import Hub, MemoryBroker, Position
+from taxi_tornado.hub import HistoryLimits, Hub, MemoryBroker, MemoryHistory, Position, Replay
 from taxi_tornado.settings import Settings, SettingsError, load_settings
 from tests.conftest import Client, RunningServer, make_settings
 from tests.redis_server import SHARED_REDIS
@@ -354,6 +354,36 @@ async def test_history_exceeded_or_expired_is_not_recovered(
     await drivers_event(server, 5)  # the group keeps counting after its events expired
     assert (await client.receive())["pos"] == {"group": "drivers", "offset": 6,
                                                "epoch": pos["epoch"]}
+
+
+def test_memory_history_remembers_at_most_max_groups_the_longest_silent_going_first() -> None:
+    history = MemoryHistory(HistoryLimits(size=2, ttl=60), max_groups=3)
+    first = {group: history.append(group, b'{"n":1}') for group in ("a", "b", "c")}
+    history.append("a", b'{"n":2}')  # a sent last: b is now the longest silent
+    history.append("d", b'{"n":1}')
+    assert (history.groups(), history.groups_with_events()) == (3, 3)
+    assert history.since("b", first["b"]) is None  # forgotten: the client reloads
+    assert history.since("c", first["c"]) == Replay([])
+    replay = history.since("a", first["a"])
+    assert replay is not None and replay.events == [
+        (Position(2, first["a"].epoch), b'{"n":2}')]
+    again = history.append("b", b'{"n":2}')  # a new history for b, pushing c out
+    assert again.offset == 1 and again.epoch != first["b"].epoch
+    assert history.since("c", first["c"]) is None and history.groups() == 3
+
+
+def test_memory_history_drops_expired_events_but_keeps_counting() -> None:
+    history = MemoryHistory(HistoryLimits(size=2, ttl=0.2))
+    positions = [history.append("a", b'{"n":%d}' % n) for n in range(3)]
+    assert history.since("a", positions[0]) is not None  # two missed, two kept
+    before = Position(0, positions[0].epoch)
+    assert history.since("a", before) is None  # three missed, two kept
+    time.sleep(0.3)  # past the ttl
+    history.append("b", b"{}")  # an append sweeps what expired
+    assert (history.groups(), history.groups_with_events()) == (2, 1)
+    assert history.since("a", positions[1]) is None  # its events are gone
+    assert history.since("a", positions[2]) == Replay([])  # nothing missed: recovered
+    assert history.append("a", b"{}") == Position(4, positions[0].epoch)
 
 
 def test_history_settings_are_checked(tmp_path: Path) -> None:

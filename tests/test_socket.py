@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 
 import jwt
@@ -298,4 +299,17 @@ async def test_plain_http_get_on_socket_path_is_json_400(server: RunningServer) 
     status, data, response = await server.fetch(f"/taxi/?token={token}")
     assert status == 400
     assert data == {"detail": 'Can "Upgrade" only to "WebSocket".'}
+    assert response.headers["Content-Type"] == "application/json"
+
+
+async def test_upgrade_failing_on_a_store_error_says_what_the_api_says(
+    server: RunningServer,
+) -> None:
+    _, token = await server.user("rider@example.com")
+    with sqlite3.connect(server.settings.data_dir / "taxi.db") as db:
+        db.execute("ALTER TABLE users RENAME TO users_gone")  # every user lookup fails
+    response = await refused(f"{server.ws_url}?token={token}")
+    status, api_body, _ = await server.fetch("/api/trip/", token=token)
+    assert (response.code, status) == (500, 500)
+    assert json.loads(response.body) == api_body == {"detail": "A server error occurred."}
     assert response.headers["Content-Type"] == "application/json"

@@ -41,6 +41,11 @@ class ApiError(tornado.web.HTTPError):
         self.headers = headers or {}
 
 
+def method_not_allowed(method: str) -> dict[str, str]:
+    """The 405 body, for core and plugin paths alike."""
+    return {"detail": f'Method "{method}" not allowed.'}
+
+
 def field_errors(errors: dict[str, list[str]]) -> ApiError:
     return ApiError(400, errors)
 
@@ -116,6 +121,13 @@ class ApiHandler(tornado.web.RequestHandler):
         """The methods a preflight allows on this path."""
         return "GET, POST, OPTIONS"
 
+    def allowed_methods(self) -> list[str]:
+        """The methods this path serves, for the Allow header of a 405: those the handler
+        implements (OPTIONS, the CORS preflight every path answers, aside)."""
+        base = tornado.web.RequestHandler
+        return [method for method in self.SUPPORTED_METHODS if method != "OPTIONS"
+                and getattr(type(self), method.lower()) is not getattr(base, method.lower())]
+
     def write_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(encode(body))
@@ -130,6 +142,9 @@ class ApiHandler(tornado.web.RequestHandler):
             body = SERVER_ERROR
         elif status_code == 404:
             body = NOT_FOUND
+        elif status_code == 405:  # Tornado's, for a method the handler does not implement
+            body = method_not_allowed(self.request.method or "")
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         else:
             body = {"detail": self._reason}
         self.set_header("Content-Type", "application/json")

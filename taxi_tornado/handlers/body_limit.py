@@ -10,6 +10,10 @@ After the 413 the rest of the body is read and dropped, up to DRAIN_BYTES, befor
 connection closes: closing a socket with unread data resets it, and a client still
 sending would then lose the answer. A client that waits on `Expect: 100-continue` sends
 no body, so its connection closes at once.
+
+A `Content-Length` that is not a decimal number (Tornado takes ASCII digits only; `²` is
+a digit to str.isdigit) or whose copies differ gets a JSON 400 and the connection
+closes: where the body ends is unknown.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ MIB = 1024 * 1024
 UNLIMITED = 2**62
 # How much of a refused body is read and dropped before the connection is closed.
 DRAIN_BYTES = 8 * MIB
+BAD_LENGTH = "Content-Length must be one decimal number of bytes."
 
 
 class BodyLimit(httputil.HTTPServerConnectionDelegate):
@@ -91,9 +96,16 @@ class LimitedMessage(httputil.HTTPMessageDelegate):
         assert isinstance(start_line, httputil.RequestStartLine)
         self.start_line, self.headers = start_line, headers
         self.limit = self.owner.limit_for(start_line.path)
-        length = headers.get("Content-Length", "").strip()
-        if length.isdigit() and int(length) > self.limit:
-            self._refuse()
+        length = declared_length(headers)
+        if length is None:
+            # Without the header Tornado reads no body; with it, it would answer a bare
+            # 400 of its own after ours.
+            del headers["Content-Length"]
+            self._refuse(400, "Bad Request", BAD_LENGTH)
+            self._finish()
+            return None
+        if length > self.limit:
+            self._refuse_too_large()
             if headers.get("Expect", "").lower() == "100-continue":
                 self._finish()  # the client waits for our word: no body is coming
             return None
@@ -107,7 +119,7 @@ class LimitedMessage(httputil.HTTPMessageDelegate):
             return None
         if self.received > self.limit:
             self.inner.on_connection_close()  # the application's request ends here
-            self._refuse()
+            self._refuse_too_large()
             return None
         return self.inner.data_received(chunk)
 
@@ -121,13 +133,17 @@ class LimitedMessage(httputil.HTTPMessageDelegate):
         if not self.refused:
             self.inner.on_connection_close()
 
-    def _refuse(self) -> None:
+    def _refuse_too_large(self) -> None:
+        self._refuse(413, "Content Too Large",
+                     f"The request body is larger than {self.limit} bytes.")
+
+    def _refuse(self, status: int, reason: str, detail: str) -> None:
         self.refused = True
         start_line = self.start_line
         assert start_line is not None
-        log.info("413 %s %s: body over %d bytes", start_line.method,
-                 start_line.path.partition("?")[0], self.limit)
-        body = encode({"detail": f"The request body is larger than {self.limit} bytes."})
+        log.info("%d %s %s: %s", status, start_line.method,
+                 start_line.path.partition("?")[0], detail)
+        body = encode({"detail": detail})
         headers = httputil.HTTPHeaders({
             "Content-Type": "application/json",
             "Content-Length": str(len(body)),
@@ -139,10 +155,23 @@ class LimitedMessage(httputil.HTTPMessageDelegate):
             headers["Access-Control-Allow-Origin"] = origin
             headers["Vary"] = "Origin"
         self.connection.write_headers(
-            httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"), headers, body,
+            httputil.ResponseStartLine("HTTP/1.1", status, reason), headers, body,
         )
 
     def _finish(self) -> None:
         if not self.finished:
             self.finished = True
             self.connection.finish()
+
+
+def declared_length(headers: httputil.HTTPHeaders) -> int | None:
+    """The body length `Content-Length` declares, 0 without one; None when it is not a
+    number Tornado would take: ASCII digits, repeated copies (joined by commas) equal."""
+    value = headers.get("Content-Length")
+    if value is None:
+        return 0
+    copies = set(re.split(r",[ \t]*", value))
+    length = copies.pop()
+    if copies or not (length.isascii() and length.isdigit()):
+        return None
+    return int(length)

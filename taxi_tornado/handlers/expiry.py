@@ -6,7 +6,12 @@ Token refresh on a live socket). A task or timer per socket would cost memory at
 idle connection (see handlers/keepalive.py); here one heap holds each socket's next
 deadline, and one IOLoop timeout is armed for the earliest. A refresh only changes the
 connection's `expires`: when the old deadline comes, the socket is put back at the new
-one. The heap refers to sockets weakly, so a closed socket is not kept alive by it.
+one, so a socket has at most one entry.
+
+A closed socket is forgotten at once: its entry turns stale (the heap refers to sockets
+weakly, and an entry counts only while it is its socket's current one), and when stale
+entries outnumber live ones the heap is rebuilt without them. Memory follows the open
+sockets, however many came and went on tokens that are still valid.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ Entry = tuple[float, int, "weakref.ref[Any]", float, bool]
 class TokenExpiry:
     def __init__(self) -> None:
         self._heap: list[Entry] = []
+        # Each watched socket's current entry, by its tie-breaker; any other is stale.
+        self._current: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._order = itertools.count()
         self._timeout: object | None = None
         self._armed_for = float("inf")
@@ -51,18 +58,42 @@ class TokenExpiry:
             return
         self._push(conn.expires, sock, conn.expires, False)
 
+    def forget(self, sock: Expiring) -> None:
+        """Stop following `sock` (it closed); a no-op for a socket not followed."""
+        if self._current.pop(sock, None) is None:
+            return
+        if len(self._heap) > 2 * len(self._current):  # stale entries outnumber live ones
+            self._rebuild()
+
+    def entries(self) -> int:
+        """Heap entries held, stale ones included: at most about twice the sockets
+        followed."""
+        return len(self._heap)
+
     def stop(self) -> None:
-        if self._timeout is not None:
-            IOLoop.current().remove_timeout(self._timeout)
-            self._timeout = None
-        self._armed_for = float("inf")
+        self._disarm()
         self._heap.clear()
+        self._current.clear()
 
     def _push(self, deadline: float, sock: Expiring, expires: float, closing: bool) -> None:
-        heapq.heappush(self._heap, (deadline, next(self._order), weakref.ref(sock), expires,
-                                    closing))
+        order = next(self._order)
+        self._current[sock] = order
+        heapq.heappush(self._heap, (deadline, order, weakref.ref(sock), expires, closing))
         if deadline < self._armed_for:
             self._arm(deadline)
+
+    def _live(self, entry: Entry) -> Expiring | None:
+        """The socket of `entry` when that entry is still its current one."""
+        sock = entry[2]()
+        if sock is None or self._current.get(sock) != entry[1]:
+            return None
+        return sock  # type: ignore[no-any-return]
+
+    def _rebuild(self) -> None:
+        self._heap = [entry for entry in self._heap if self._live(entry) is not None]
+        heapq.heapify(self._heap)
+        if not self._heap:
+            self._disarm()
 
     def _arm(self, deadline: float) -> None:
         loop = IOLoop.current()
@@ -71,15 +102,22 @@ class TokenExpiry:
         self._armed_for = deadline
         self._timeout = loop.call_later(max(0.0, deadline - time.time()), self._fire)
 
+    def _disarm(self) -> None:
+        if self._timeout is not None:
+            IOLoop.current().remove_timeout(self._timeout)
+            self._timeout = None
+        self._armed_for = float("inf")
+
     def _fire(self) -> None:
         self._timeout = None
         self._armed_for = float("inf")
         now = time.time()
         while self._heap and self._heap[0][0] <= now:
-            _, _, ref, expires, closing = heapq.heappop(self._heap)
-            sock = ref()
+            entry = heapq.heappop(self._heap)
+            sock = self._live(entry)
             if sock is not None:
-                self._due(sock, expires, closing)
+                del self._current[sock]
+                self._due(sock, entry[3], entry[4])
         if self._heap:
             self._arm(self._heap[0][0])
 

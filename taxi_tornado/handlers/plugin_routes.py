@@ -4,6 +4,10 @@ Each plugin path becomes one PluginRouteHandler, which answers in the API's shap
 for a method the path does not serve, 401 with the contract's body for a missing or bad
 token, the plugin's HttpError as JSON, and a 500 without details (logged with the
 traceback) for anything else a handler raises.
+
+Tornado percent-decodes path parameters, so `{name}` would receive `../../etc` from
+`..%2F..%2Fetc`: a decoded parameter holding `/` or a control character is a 404, as if
+the path did not match.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from taxi_tornado import metrics
 from taxi_tornado.frames import encode
-from taxi_tornado.handlers.base import ApiError, ApiHandler, base_url
+from taxi_tornado.handlers.base import (
+    NOT_FOUND,
+    ApiError,
+    ApiHandler,
+    base_url,
+    method_not_allowed,
+)
 from taxi_tornado.plugins.api import HttpError, PluginError, Request, Response, Route
 from taxi_tornado.store import User
 
@@ -26,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("taxi_tornado.plugins")
 
 SAMPLE_SEGMENT = "sample"
+# What a decoded path parameter may not hold: a slash, C0 and C1 controls, DEL.
+NOT_IN_A_SEGMENT = re.compile(r"[/\x00-\x1f\x7f-\x9f]")
 
 
 def plugin_routes(services: Services, core_patterns: Sequence[str]) -> list[Any]:
@@ -85,6 +97,10 @@ class PluginRouteHandler(ApiHandler):
         super().initialize(services)
         self.routes = {method: route for route in routes for method in route.methods}
 
+    def prepare(self) -> None:
+        if any(NOT_IN_A_SEGMENT.search(value) for value in self.path_kwargs.values()):
+            raise ApiError(404, NOT_FOUND)
+
     async def get(self, **params: str) -> None:
         await self._serve(params)
 
@@ -106,12 +122,15 @@ class PluginRouteHandler(ApiHandler):
     def cors_methods(self) -> str:
         return ", ".join([*self.routes, "OPTIONS"])
 
+    def allowed_methods(self) -> list[str]:
+        return list(self.routes)
+
     async def _serve(self, params: dict[str, str]) -> None:
         method = self.request.method or "GET"
         route = self.routes.get(method)
         if route is None:  # written here: an error response would drop the Allow header
-            self.set_header("Allow", ", ".join(self.routes))
-            self.write_json({"detail": f'Method "{method}" not allowed.'}, 405)
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+            self.write_json(method_not_allowed(method), 405)
             return
         request = Request(
             method=method,

@@ -26,7 +26,7 @@ from tornado.websocket import WebSocketHandler
 from taxi_tornado import metrics
 from taxi_tornado.auth import InvalidToken, token_from_request
 from taxi_tornado.frames import DecodeError, decode, encode, message_frame
-from taxi_tornado.handlers.base import TOKEN_INVALID, base_url, origin_allowed
+from taxi_tornado.handlers.base import SERVER_ERROR, TOKEN_INVALID, base_url, origin_allowed
 from taxi_tornado.handlers.stream_writer import StreamWriter, socket_stream
 from taxi_tornado.plugins.api import MAX_TYPE_LENGTH, Connection, ProtocolError
 
@@ -132,7 +132,7 @@ class TaxiSocket(WebSocketHandler):
             except Exception:
                 log.exception("on-connect hook of plugin %s failed", plugin)
                 self._end()
-                self._refuse(500, {"detail": "A server error occurred."}, "hook")
+                self._refuse(500, SERVER_ERROR, "hook")
                 return
         if self.ended:
             self._abandon()
@@ -161,8 +161,10 @@ class TaxiSocket(WebSocketHandler):
         return origin_allowed(origin, allowed, self.request.host)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """The API's bodies: a 5xx says no more than the API's 500 does."""
+        body = SERVER_ERROR if status_code >= 500 else {"detail": self._reason}
         self.set_header("Content-Type", "application/json")
-        self.finish(encode({"detail": self._reason}))
+        self.finish(encode(body))
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         conn = self.connection
@@ -340,6 +342,7 @@ class TaxiSocket(WebSocketHandler):
         if self.ended:
             return
         self.ended = True
+        self.services.expiry.forget(self)
         conn = self.connection
         if conn is None:
             return

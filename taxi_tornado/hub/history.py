@@ -4,7 +4,8 @@ Every group send takes the group's next offset; the last `size` events of a grou
 most `ttl` seconds old, can be replayed to a client that comes back with its position.
 An epoch names one unbroken history: when it is lost, the epoch changes and offsets
 restart from 1. The counter of a group outlives its events (for META_TTL seconds after
-its last send), so a group whose history expired keeps counting.
+its last send), so a group whose history expired keeps counting. The in-process history
+remembers at most MAX_GROUPS counters, forgetting the group silent the longest first.
 
 The Redis broker keeps the same history in Redis (hub/redis_history.py); both answer
 `since()` with the same rule, written once here in `replay_from`.
@@ -23,6 +24,10 @@ from taxi_tornado.frames import encode
 # How long a group's counter and epoch live after its last send, when longer than the
 # history's ttl. A client away for longer comes back to a new epoch and reloads over HTTP.
 META_TTL = 24 * 3600.0
+# How many groups' counters the in-process history remembers (about 300 bytes each):
+# the group silent the longest starts a new epoch at its next send, and a client coming
+# back to it reloads over HTTP, as after META_TTL.
+MAX_GROUPS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +112,13 @@ class GroupHistory:
 
     __slots__ = ("epoch", "events", "last_send", "offset")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self) -> None:
         self.epoch = new_epoch()
         self.offset = 0
         self.last_send = 0.0
-        # (offset, monotonic time, payload), oldest first.
-        self.events: deque[tuple[int, float, bytes]] = deque(maxlen=size)
+        # (offset, monotonic time, payload), oldest first; None once they expired, so
+        # that a counter alone costs no ring buffer.
+        self.events: deque[tuple[int, float, bytes]] | None = None
 
 
 class MemoryHistory:
@@ -120,11 +126,13 @@ class MemoryHistory:
 
     Memory stays bounded without a timer: each append first forgets the events of groups
     silent for longer than the ttl, and the counters of groups silent for longer than
-    META_TTL (two dicts in order of last send, swept from their old end).
+    META_TTL (two dicts in order of last send, swept from their old end); a new group
+    past `max_groups` pushes out the one silent the longest.
     """
 
-    def __init__(self, limits: HistoryLimits) -> None:
+    def __init__(self, limits: HistoryLimits, max_groups: int = MAX_GROUPS) -> None:
         self.limits = limits
+        self.max_groups = max_groups
         self._groups: OrderedDict[str, GroupHistory] = OrderedDict()
         self._with_events: OrderedDict[str, GroupHistory] = OrderedDict()
 
@@ -133,11 +141,14 @@ class MemoryHistory:
         self._sweep(now)
         history = self._groups.get(group)
         if history is None:
-            history = self._groups[group] = GroupHistory(self.limits.size)
+            history = self._groups[group] = GroupHistory()
+            self._cap()
         else:
             self._groups.move_to_end(group)
         history.offset += 1
         history.last_send = now
+        if history.events is None:
+            history.events = deque(maxlen=self.limits.size)
         history.events.append((history.offset, now, payload))
         self._with_events[group] = history
         self._with_events.move_to_end(group)
@@ -148,9 +159,22 @@ class MemoryHistory:
         if history is None:
             return None
         oldest_allowed = time.monotonic() - self.limits.ttl
-        kept = [(offset, payload) for offset, at, payload in history.events
+        kept = [(offset, payload) for offset, at, payload in history.events or ()
                 if offset > position.offset and at >= oldest_allowed]
         return replay_from(position, history.epoch, history.offset, kept)
+
+    def groups(self) -> int:
+        """How many groups' counters are remembered (at most `max_groups`)."""
+        return len(self._groups)
+
+    def groups_with_events(self) -> int:
+        """How many groups hold events (those that sent within the ttl)."""
+        return len(self._with_events)
+
+    def _cap(self) -> None:
+        while len(self._groups) > self.max_groups:
+            group, _ = self._groups.popitem(last=False)
+            self._with_events.pop(group, None)
 
     def _sweep(self, now: float) -> None:
         events_cutoff = now - self.limits.ttl
@@ -158,7 +182,7 @@ class MemoryHistory:
             group, history = next(iter(self._with_events.items()))
             if history.last_send >= events_cutoff:
                 break
-            history.events.clear()
+            history.events = None
             del self._with_events[group]
         meta_cutoff = now - self.limits.meta_ttl
         while self._groups:

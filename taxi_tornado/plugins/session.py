@@ -114,7 +114,7 @@ async def refresh(conn: Connection, data: Any) -> dict[str, Any]:
                             {"token": ["This field is required."]})
     tokens = TokenAuthority(conn.settings.auth)
     try:
-        claims = tokens.verify(token)
+        claims = tokens.verify(token, exp_leeway=0)  # PROTOCOL.md: no leeway here
     except InvalidToken:
         raise ProtocolError("token_not_valid", "Token is invalid or expired") from None
     if tokens.user_id(claims) != conn.user.id:
