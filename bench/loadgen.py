@@ -150,7 +150,8 @@ def run_once(scenario: Scenario, kind: str, population: Population,
         target.stop()
     return {"tool": "bench.loadgen", "scenario": scenario.name, "target": kind,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "params": {**scenario.params(args), "v2": getattr(args, "v2", False), "server_env": extra},
+            "params": {**scenario.params(args), "v2": getattr(args, "v2", False),
+                       "server_env": extra},
             "procs": args.procs,
             "uvloop": not args.no_uvloop, "result": result}
 
