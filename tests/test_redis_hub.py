@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from taxi_tornado.hub import (
+    HistoryLimits,
     Hub,
     Position,
     RedisBroker,
@@ -343,6 +344,44 @@ async def test_a_redis_that_forgot_the_script_still_takes_the_send(
     await a.send("drivers", message("after SCRIPT FLUSH"))  # NOSCRIPT, then EVAL
     received = await member.next()
     assert received["data"] == "after SCRIPT FLUSH" and received["pos"]["offset"] == 1
+
+
+async def cancelled_mid_send(hub: Hub, after: int) -> bool:
+    """Cancel a task that keeps sending to a group once `after` sends are done; whether
+    the task ended cancelled (a lost cancellation still ends it, once this returns)."""
+    sends, running = 0, True
+
+    async def keep_sending() -> None:
+        nonlocal sends
+        while running:
+            await hub.send("fleet", message(sends))
+            sends += 1
+
+    task = asyncio.ensure_future(keep_sending())
+    await eventually(lambda: sends > after, "sends are under way")
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    running = False
+    if not done:
+        await task
+    return task.cancelled()
+
+
+@pytest.mark.parametrize("history_size", [100, 0])
+async def test_a_task_cancelled_while_it_sends_to_a_redis_hub_stops(
+    prefix: str, history_size: int,
+) -> None:
+    """A handler task cancelled mid-send (its socket closed, the server stopping) must
+    end: on Python 3.11 the cancellation used to be lost in redis-py's writes."""
+    hub = Hub(RedisBroker(SHARED_REDIS, prefix, HistoryLimits(history_size, 300)))
+    await hub.start()
+    await hub.join(Inbox(), "fleet")
+    try:
+        for attempt in range(20):
+            assert await cancelled_mid_send(hub, attempt % 5), \
+                f"attempt {attempt}: the task went on after cancel()"
+    finally:
+        await hub.stop()
 
 
 # --- publishing from outside -------------------------------------------------------------

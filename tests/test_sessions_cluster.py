@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from examples.mobile_client import MobileClient
-from taxi_tornado.hub import Hub, RedisBroker, publish
+from taxi_tornado.hub import HistoryLimits, Hub, RedisBroker, publish
 from tests.conftest import PASSWORD, Client, ServerProcess
 from tests.redis_server import SHARED_REDIS, RedisServer
 from tests.test_cluster import connect, http, ready_pair, wait_ready
@@ -105,17 +105,22 @@ async def test_rider_cut_on_a_hears_on_b_what_the_driver_did_meanwhile(
 async def test_events_published_while_the_replay_runs_come_once_and_in_order(
     processes: Spawn, prefix: str
 ) -> None:
-    env = {"TAXI_HUB_URL": SHARED_REDIS, "TAXI_HUB_PREFIX": prefix}
+    # Room for every send: however many live sends land before the resume is read, the
+    # history holds all that the client missed.
+    size = 1000
+    env = {"TAXI_HUB_URL": SHARED_REDIS, "TAXI_HUB_PREFIX": prefix,
+           "TAXI_HUB_HISTORY_SIZE": str(size)}
     a, b = await ready_pair(processes, env)
     rider, trip_id, _, pos = await rider_with_a_position(a, b, SHARED_REDIS, prefix)
     token = rider.access
     await rider.stop()  # from here on the raw frames are read, in arrival order
     for n in range(60):  # missed while away
         await publish(SHARED_REDIS, trip_id, {"type": "fleet.notice", "data": n},
-                      prefix=prefix)
+                      prefix=prefix, history_size=size)
     live_sends = 60
 
-    service = Hub(RedisBroker(SHARED_REDIS, prefix))  # another service, sending fast
+    # Another service, sending fast.
+    service = Hub(RedisBroker(SHARED_REDIS, prefix, HistoryLimits(size, 300)))
     await service.start()
 
     async def publish_live() -> None:

@@ -47,15 +47,21 @@ CONNECT_TIMEOUT = 1.0
 # the read of a resume.
 PUBLISH_TIMEOUT = 1.0
 CONFIRM_TIMEOUT = 2.0
+# A command written on the subscriber link gives up after this long; the link is dropped.
+WRITE_TIMEOUT = 5.0
 # A subscriber link silent this long is PINGed; silent twice as long, it is dropped.
 HEALTH_INTERVAL = 10.0
 SUBSCRIBE_BATCH = 1000
 LINK_ERRORS = (RedisError, OSError, TimeoutError)
 PASSWORD_QUERY = re.compile(r"(password=)[^&]*")
+# socket_timeout None (redis-py's default is 5 s): redis-py bounds writes with it through
+# asyncio.wait_for, which on Python 3.11 returns normally when the task is cancelled as
+# the write completes (CPython gh-86296), so a cancelled sender carried on. Every command
+# is bounded by an asyncio.timeout of ours instead.
 CONNECTION_OPTIONS: dict[str, Any] = {
     "protocol": 2,
     "socket_connect_timeout": CONNECT_TIMEOUT,
-    "socket_timeout": 5.0,
+    "socket_timeout": None,
     "retry": Retry(NoBackoff(), 0),
     "client_name": "taxi_tornado",
 }
@@ -126,8 +132,9 @@ class RedisBroker(Broker):
         """Connect in the background; wait for the first attempt only, never for Redis."""
         self._node = self.node_id.encode()
         self._task = asyncio.ensure_future(self._run())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._settled.wait(), CONNECT_TIMEOUT + CONFIRM_TIMEOUT)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout: see CONNECTION_OPTIONS
+            async with asyncio.timeout(CONNECT_TIMEOUT + CONFIRM_TIMEOUT):
+                await self._settled.wait()
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -338,7 +345,7 @@ class RedisBroker(Broker):
             channels = [self.channel(group) for group in sorted(self._groups)]
             waiters = [self._expect(channel) for channel in channels]
             for start in range(0, len(channels), SUBSCRIBE_BATCH):
-                await conn.send_command("SUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH])
+                await _write(conn, "SUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH])
         async with asyncio.timeout(CONFIRM_TIMEOUT + len(channels) / 10_000):
             await asyncio.gather(*waiters)
         await self._reset_publisher()
@@ -359,7 +366,7 @@ class RedisBroker(Broker):
                 raise TimeoutError(f"no answer from Redis for {idle:.0f}s")
             if idle >= HEALTH_INTERVAL:
                 async with self._write_lock:
-                    await conn.send_command("PING")
+                    await _write(conn, "PING")
 
     def _dispatch(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 2:
@@ -399,7 +406,7 @@ class RedisBroker(Broker):
             channel = self.channel(group)
             waiter = self._expect(channel)
             try:
-                await conn.send_command(verb, channel)
+                await _write(conn, verb, channel)
             except LINK_ERRORS:
                 return None  # the reader sees the same failure and reconnects
         return waiter
@@ -499,6 +506,13 @@ def _without_password(url: str) -> str:
         user, colon, _ = userinfo.partition(":")
         rest = f"{user}:***@{host}" if colon else f"***@{host}"
     return scheme + sep + PASSWORD_QUERY.sub(r"\1***", rest)
+
+
+async def _write(conn: AbstractConnection, *command: Any) -> None:
+    """Write one command on the subscriber link, within WRITE_TIMEOUT; redis-py drops the
+    connection when the write is cut short, and the reader then sees the link fail."""
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await conn.send_command(*command)
 
 
 async def _connect(conn: AbstractConnection) -> None:
