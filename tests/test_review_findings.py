@@ -1,8 +1,7 @@
 """Review findings after the merge of issues 10, 11 and 13, each as a failing test.
 
 Every test drives a real server over real sockets and states the behaviour the server
-should have; it is marked xfail(strict=True) until the finding is fixed, so the suite
-stays green and a fix that makes one pass turns its xfail into a failure to remove.
+should have. They were strict xfails until their findings were fixed; all run now.
 """
 
 from __future__ import annotations

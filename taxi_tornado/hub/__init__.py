@@ -4,6 +4,7 @@ process, Redis), and the history every group send is numbered in.
     groups.py         Hub and Member: groups of this process, frames built once per send
     brokers.py        what a broker is; the in-process broker
     redis_broker.py   the Redis broker (pub/sub, one round trip per send)
+    redis_link.py     its subscriber link: the subscriptions, reconnects with backoff
     history.py        positions, the rule of a replay, the in-process ring buffers
     redis_history.py  the history in Redis: capped streams and the append script
     wire.py           the format of a send on a Redis channel

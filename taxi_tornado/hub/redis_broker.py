@@ -1,12 +1,13 @@
 """The Redis broker: group sends between processes over Redis pub/sub, with history.
 
 One channel per group; a process subscribes to a group's channel while it has a member
-in it. With history on (hub.history_size > 0) a group send is one EVALSHA of the history
-script (hub/redis_history.py), which numbers the send, appends it to the group's stream
-and publishes it: still one round trip to Redis. Every process, the sender's included,
-then delivers it from its subscription, so members everywhere get a group's sends in the
-order of their offsets. With history off a send is one PUBLISH, and the sending process
-delivers to its own members at once.
+in it (hub/redis_link.py holds the subscriptions). With history on (hub.history_size >
+0) a group send is one EVALSHA of the history script (hub/redis_history.py), which
+numbers the send, appends it to the group's stream and publishes it: still one round
+trip to Redis. Every process, the sender's included, then delivers it from its
+subscription, so members everywhere get a group's sends in the order of their offsets.
+With history off a send is one PUBLISH, and the sending process delivers to its own
+members at once.
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
-import time
-from asyncio import FIRST_COMPLETED
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,32 +24,28 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from taxi_tornado import metrics
-from taxi_tornado.background import cancel_and_wait
 from taxi_tornado.hub.brokers import Broker
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
 from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, RedisHistory
+from taxi_tornado.hub.redis_link import (
+    CONFIRM_TIMEOUT,
+    CONNECT_TIMEOUT,
+    LINK_ERRORS,
+    SubscriberLink,
+    connect,
+    describe_error,
+)
 from taxi_tornado.hub.wire import POSITIONED_TAG, read_wire, wire_header, wire_message
 
 log = logging.getLogger("taxi_tornado.hub")
 
-# Reconnect delays double from BACKOFF_MIN up to BACKOFF_MAX seconds.
-BACKOFF_MIN = 0.1
-BACKOFF_MAX = 5.0
-CONNECT_TIMEOUT = 1.0
 # A PUBLISH or history append (including the wait for the publishing connection) gives
 # up after this long, so that a handler sending to a group never hangs on Redis; so does
 # the read of a resume.
 PUBLISH_TIMEOUT = 1.0
-CONFIRM_TIMEOUT = 2.0
-# A command written on the subscriber link gives up after this long; the link is dropped.
-WRITE_TIMEOUT = 5.0
-# A subscriber link silent this long is PINGed; silent twice as long, it is dropped.
-HEALTH_INTERVAL = 10.0
-SUBSCRIBE_BATCH = 1000
-LINK_ERRORS = (RedisError, OSError, TimeoutError)
 PASSWORD_QUERY = re.compile(r"(password=)[^&]*")
 # socket_timeout None (redis-py's default is 5 s): redis-py bounds writes with it through
 # asyncio.wait_for, which on Python 3.11 returns normally when the task is cancelled as
@@ -80,15 +73,11 @@ class SendFailed(Exception):
 class RedisBroker(Broker):
     """Redis pub/sub: one channel per group, one round trip per group send.
 
-    Two connections per process, and a pool for resume reads. The subscriber is read by
-    one task that hands every message to the hub; SUBSCRIBE and UNSUBSCRIBE are written
-    on it in call order and each waits for its own confirmation, so a leave and a join
-    of one group that interleave leave Redis in the state of the last call. The
-    publisher is used under a lock, so the sends of this process leave in the order they
-    were made. A lost subscriber link is retried with capped exponential backoff and
-    every current group is subscribed again; meanwhile `ready` is False and group sends
-    reach local members only, without a position (at most once: nothing is queued for
-    later, and nothing is numbered).
+    Two connections per process, and a pool for resume reads. The subscriber link
+    (SubscriberLink) hands every message to the hub. The publisher is used under a lock,
+    so the sends of this process leave in the order they were made. While the link is
+    down `ready` is False and group sends reach local members only, without a position
+    (at most once: nothing is queued for later, and nothing is numbered).
     """
 
     def __init__(self, url: str, prefix: str, limits: HistoryLimits | None = None) -> None:
@@ -103,24 +92,17 @@ class RedisBroker(Broker):
         self._channel_prefix = f"{prefix}:group:"
         self._pool: ConnectionPool = ConnectionPool.from_url(url, **CONNECTION_OPTIONS)
         self._reader = Redis(connection_pool=self._pool)
-        self._groups: set[str] = set()
-        self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
-        self._link: AbstractConnection | None = None
-        self._write_lock = asyncio.Lock()
         self._publisher: AbstractConnection | None = None
         self._publish_lock = asyncio.Lock()
         self._publish_failing = False
         self._node = b""
-        self._up = False
-        self._came_up = False
-        self._down_since: float | None = None
-        self._settled = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._last_read = 0.0
+        self._link = SubscriberLink(self._connection, self._channel_prefix, self._receive,
+                                    self._reset_publisher, self.describe(),
+                                    _without_password(url))
 
     @property
     def ready(self) -> bool:
-        return self._up
+        return self._link.up
 
     def describe(self) -> str:
         return f"Redis hub {_without_password(self.url)} (prefix {self.prefix!r})"
@@ -131,14 +113,13 @@ class RedisBroker(Broker):
     async def start(self) -> None:
         """Connect in the background; wait for the first attempt only, never for Redis."""
         self._node = self.node_id.encode()
-        self._task = asyncio.ensure_future(self._run())
+        self._link.start()
         with contextlib.suppress(TimeoutError):  # asyncio.timeout: see CONNECTION_OPTIONS
             async with asyncio.timeout(CONNECT_TIMEOUT + CONFIRM_TIMEOUT):
-                await self._settled.wait()
+                await self._link.settled.wait()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
+        await self._link.stop()
         async with self._publish_lock:
             if self._publisher is not None:
                 await self._publisher.disconnect(nowait=True)
@@ -146,23 +127,10 @@ class RedisBroker(Broker):
         await self._pool.disconnect()
 
     async def subscribe(self, group: str) -> None:
-        """Returns once Redis confirmed; at once while the link is down (the reconnect
-        subscribes every current group)."""
-        self._groups.add(group)
-        waiter = await self._command("SUBSCRIBE", group)
-        if waiter is None:
-            return
-        try:
-            async with asyncio.timeout(CONFIRM_TIMEOUT):
-                await waiter
-        except TimeoutError:
-            log.warning("hub: Redis did not confirm SUBSCRIBE %s within %ss",
-                        self.channel(group), CONFIRM_TIMEOUT)
+        await self._link.subscribe(group)
 
     async def unsubscribe(self, group: str) -> None:
-        """Sends UNSUBSCRIBE without waiting: a late message is dropped by the hub anyway."""
-        self._groups.discard(group)
-        await self._command("UNSUBSCRIBE", group)
+        await self._link.unsubscribe(group)
 
     async def send(
         self, group: str, payload: bytes, exclude: str | None, min_version: int
@@ -175,7 +143,7 @@ class RedisBroker(Broker):
             delivered = self.receiver(group, payload, exclude, min_version, None)
             await self.publish(group, payload, exclude, min_version)
             return delivered
-        if not self._up:
+        if not self._link.up:
             metrics.HUB_PUBLISH_FAILED.inc()
             return self.receiver(group, payload, exclude, min_version, None)
         try:
@@ -192,7 +160,7 @@ class RedisBroker(Broker):
         self, group: str, payload: bytes, exclude: str | None, min_version: int
     ) -> None:
         """PUBLISH without history; never raises (see send)."""
-        if not self._up:
+        if not self._link.up:
             metrics.HUB_PUBLISH_FAILED.inc()
             return
         try:
@@ -229,14 +197,14 @@ class RedisBroker(Broker):
 
     async def since(self, positions: Mapping[str, Position]) -> dict[str, Replay | None]:
         """Read in one round trip; when Redis cannot answer in time, nothing is recovered."""
-        if self.history is None or not self._up:
+        if self.history is None or not self._link.up:
             return dict.fromkeys(positions)
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 return await self.history.since(self._reader, positions)
         except LINK_ERRORS as error:
             log.warning("hub: reading history from %s failed (%s)",
-                        _without_password(self.url), _reason(error))
+                        _without_password(self.url), describe_error(error))
             return dict.fromkeys(positions)
 
     async def _run_command(self, *command: Any, script: str | None = None) -> Any:
@@ -253,7 +221,7 @@ class RedisBroker(Broker):
                     conn = self._publisher = self._connection()
                 try:
                     if not conn.is_connected:
-                        await _connect(conn)
+                        await connect(conn)
                     await conn.send_command(*command)
                     written = True
                     try:
@@ -280,7 +248,7 @@ class RedisBroker(Broker):
             self._publish_failing = True
             log.warning("hub: sending to %s failed (%s); group sends reach this process "
                         "only until Redis answers again", _without_password(self.url),
-                        _reason(error))
+                        describe_error(error))
 
     def _send_works(self) -> None:
         if self._publish_failing:
@@ -291,91 +259,6 @@ class RedisBroker(Broker):
         make = self._pool.make_connection
         connection: AbstractConnection = make()  # type: ignore[no-untyped-call]
         return connection
-
-    # The subscriber link.
-
-    async def _run(self) -> None:
-        delay = BACKOFF_MIN
-        while True:
-            self._came_up = False
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                self._link_lost(error, self._came_up)
-            if self._came_up:
-                delay = BACKOFF_MIN
-            self._settled.set()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-
-    async def _session(self) -> None:
-        """Connect, subscribe every current group, then read until the link fails.
-
-        Plain tasks and asyncio.wait rather than a TaskGroup: on Python 3.11 a TaskGroup
-        whose child fails as the parent is cancelled can swallow the cancellation, and
-        stop() would wait for ever.
-        """
-        conn = self._connection()
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            await _connect(conn)
-            self._last_read = time.monotonic()
-            tasks = [asyncio.ensure_future(work) for work in (
-                self._read(conn), self._watch(conn), self._resubscribe(conn))]
-            pending = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # only _resubscribe ends without an error
-        finally:
-            for task in tasks:
-                task.cancel()
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: it is reported by _run, not by asyncio
-            self._link = None
-            self._up = False
-            self._release_waiters()
-            await conn.disconnect(nowait=True)
-
-    async def _resubscribe(self, conn: AbstractConnection) -> None:
-        async with self._write_lock:
-            self._link = conn
-            channels = [self.channel(group) for group in sorted(self._groups)]
-            waiters = [self._expect(channel) for channel in channels]
-            for start in range(0, len(channels), SUBSCRIBE_BATCH):
-                await _write(conn, "SUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH])
-        async with asyncio.timeout(CONFIRM_TIMEOUT + len(channels) / 10_000):
-            await asyncio.gather(*waiters)
-        await self._reset_publisher()
-        self._link_up(len(channels))
-
-    async def _read(self, conn: AbstractConnection) -> None:
-        while True:
-            reply = await conn.read_response(timeout=math.inf)
-            self._last_read = time.monotonic()
-            self._dispatch(reply)
-
-    async def _watch(self, conn: AbstractConnection) -> None:
-        """PING an idle link; one that stays silent is declared lost."""
-        while True:
-            await asyncio.sleep(HEALTH_INTERVAL / 2)
-            idle = time.monotonic() - self._last_read
-            if idle >= 2 * HEALTH_INTERVAL:
-                raise TimeoutError(f"no answer from Redis for {idle:.0f}s")
-            if idle >= HEALTH_INTERVAL:
-                async with self._write_lock:
-                    await _write(conn, "PING")
-
-    def _dispatch(self, reply: Any) -> None:
-        if not isinstance(reply, list) or len(reply) < 2:
-            return
-        kind = reply[0]
-        if kind == b"message":
-            self._receive(reply[1], reply[2])
-        elif kind in (b"subscribe", b"unsubscribe"):
-            self._confirm(reply[1].decode())
 
     def _receive(self, channel: bytes, data: bytes) -> None:
         message = read_wire(data)
@@ -395,81 +278,21 @@ class RedisBroker(Broker):
         except Exception:
             log.exception("hub: delivering a message for group %s failed", group)
 
-    async def _command(self, verb: str, group: str) -> asyncio.Future[bool] | None:
-        """Write SUBSCRIBE/UNSUBSCRIBE in call order; the future resolves on its reply."""
-        conn = self._link
-        if conn is None:
-            return None
-        async with self._write_lock:
-            if self._link is not conn:
-                return None
-            channel = self.channel(group)
-            waiter = self._expect(channel)
-            try:
-                await _write(conn, verb, channel)
-            except LINK_ERRORS:
-                return None  # the reader sees the same failure and reconnects
-        return waiter
-
-    def _expect(self, channel: str) -> asyncio.Future[bool]:
-        """Queue a waiter for the next (un)subscribe reply on `channel`: Redis answers
-        each channel's commands in the order they were written."""
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(channel, deque()).append(waiter)
-        return waiter
-
-    def _confirm(self, channel: str) -> None:
-        waiters = self._waiters.get(channel)
-        if not waiters:
-            return
-        waiter = waiters.popleft()
-        if not waiters:
-            del self._waiters[channel]
-        if not waiter.done():
-            waiter.set_result(True)
-
-    def _release_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for queue in waiters.values():
-            for waiter in queue:
-                if not waiter.done():
-                    waiter.set_result(False)
-
     async def _reset_publisher(self) -> None:
         """A new link means Redis may have restarted: never PUBLISH on a dead socket, and
-        load the history script again, so that even the first send is one EVALSHA."""
+        load the history script again, so that even the first send is one EVALSHA.
+        Runs as the link comes up: sends are tried again from then on."""
         async with self._publish_lock:
             if self._publisher is not None:
                 await self._publisher.disconnect(nowait=True)
             conn = self._publisher = self._connection()
             with contextlib.suppress(*LINK_ERRORS):
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await _connect(conn)
+                    await connect(conn)
                     if self.history is not None:
                         await conn.send_command("SCRIPT", "LOAD", APPEND)
                         await conn.read_response()
-
-    def _link_up(self, groups: int) -> None:
-        self._up = True
-        self._came_up = True
         self._publish_failing = False
-        self._settled.set()
-        if self._down_since is None:
-            log.info("hub: connected to %s", self.describe())
-            return
-        log.warning("hub: Redis link to %s restored after %.1fs; re-subscribed %d groups",
-                    _without_password(self.url), time.monotonic() - self._down_since, groups)
-        self._down_since = None
-
-    def _link_lost(self, error: BaseException, was_up: bool) -> None:
-        """Logged once per outage, not once per retry."""
-        if self._down_since is not None:
-            return
-        self._down_since = time.monotonic()
-        verb = "lost" if was_up else "cannot reach"
-        log.warning("hub: %s Redis at %s (%s); local delivery goes on, sends to other "
-                    "processes are dropped, reconnecting with backoff up to %ss",
-                    verb, _without_password(self.url), _reason(error), BACKOFF_MAX)
 
 
 def redis_url_problem(url: str) -> str | None:
@@ -506,21 +329,3 @@ def _without_password(url: str) -> str:
         user, colon, _ = userinfo.partition(":")
         rest = f"{user}:***@{host}" if colon else f"***@{host}"
     return scheme + sep + PASSWORD_QUERY.sub(r"\1***", rest)
-
-
-async def _write(conn: AbstractConnection, *command: Any) -> None:
-    """Write one command on the subscriber link, within WRITE_TIMEOUT; redis-py drops the
-    connection when the write is cut short, and the reader then sees the link fail."""
-    async with asyncio.timeout(WRITE_TIMEOUT):
-        await conn.send_command(*command)
-
-
-async def _connect(conn: AbstractConnection) -> None:
-    """redis-py leaves connect() unannotated; this is the one place that says so."""
-    await conn.connect()  # type: ignore[no-untyped-call]
-
-
-def _reason(error: BaseException) -> str:
-    while isinstance(error, BaseExceptionGroup) and error.exceptions:
-        error = error.exceptions[0]
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
