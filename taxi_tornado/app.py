@@ -108,8 +108,10 @@ class Server:
         except BaseException:
             for sock in sockets:
                 sock.close()
-            with contextlib.suppress(Exception):  # the first error is the one to report
+            # The first error is the one to report; each part is released whatever the other did.
+            with contextlib.suppress(Exception):
                 await services.hub.stop()
+            with contextlib.suppress(Exception):
                 await services.store.close()
             raise
         server = self.settings.server

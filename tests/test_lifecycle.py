@@ -174,10 +174,14 @@ class RawClient:
 
 
 def held_frames() -> int:
-    """Bytes of frames held by every Connection alive in this process, socket or not."""
+    """Bytes of frames held by every Connection alive in this process, socket or not.
+
+    `type(obj)`, not isinstance(): the heap also holds weak proxies, and isinstance() on
+    one whose object is gone raises ReferenceError.
+    """
     return sum(
         sum(len(frame) for frame in obj._pending or ())
-        for obj in gc.get_objects() if isinstance(obj, Connection)
+        for obj in gc.get_objects() if type(obj) is Connection
     )
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from taxi_tornado import metrics
-from taxi_tornado.dispatch.broadcast import BroadcastStrategy, trip_message
+from taxi_tornado.dispatch.broadcast import V2, BroadcastStrategy, trip_message
 from taxi_tornado.dispatch.locations import NearbyDriver
 from taxi_tornado.dispatch.offers import Dispatching
 from taxi_tornado.dispatch.strategy import DispatchContext
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from taxi_tornado.plugins.api import Connection
 
 log = logging.getLogger("taxi_tornado.dispatch")
-V2 = 2
 
 
 class NearestStrategy(BroadcastStrategy):

@@ -22,6 +22,7 @@ from taxi_tornado import metrics
 from taxi_tornado.frames import encode
 from taxi_tornado.handlers.base import (
     NOT_FOUND,
+    SERVER_ERROR,
     ApiError,
     ApiHandler,
     base_url,
@@ -52,7 +53,9 @@ def plugin_routes(services: Services, core_patterns: Sequence[str]) -> list[Any]
         by_path.setdefault(route.path.rstrip("/") or "/", []).append(route)
     paths = sorted(by_path, key=lambda path: "{" in path)
     return [(route_pattern(path), PluginRouteHandler,
-             {"services": services, "routes": by_path[path]}) for path in paths]
+             {"services": services,
+              "routes": {method: route for route in by_path[path] for method in route.methods}})
+            for path in paths]
 
 
 def route_pattern(path: str) -> str:
@@ -93,9 +96,10 @@ class PluginRouteHandler(ApiHandler):
 
     routes: dict[str, Route]
 
-    def initialize(self, services: Services, routes: list[Route]) -> None:  # type: ignore[override]
+    def initialize(self, services: Services,  # type: ignore[override]
+                   routes: dict[str, Route]) -> None:
         super().initialize(services)
-        self.routes = {method: route for route in routes for method in route.methods}
+        self.routes = routes
 
     def prepare(self) -> None:
         if any(NOT_IN_A_SEGMENT.search(value) for value in self.path_kwargs.values()):
@@ -128,10 +132,9 @@ class PluginRouteHandler(ApiHandler):
     async def _serve(self, params: dict[str, str]) -> None:
         method = self.request.method or "GET"
         route = self.routes.get(method)
-        if route is None:  # written here: an error response would drop the Allow header
-            self.set_header("Allow", ", ".join(self.allowed_methods()))
-            self.write_json(method_not_allowed(method), 405)
-            return
+        if route is None:
+            raise ApiError(405, method_not_allowed(method),
+                           {"Allow": ", ".join(self.allowed_methods())})
         request = Request(
             method=method,
             path=self.request.path,
@@ -156,7 +159,7 @@ class PluginRouteHandler(ApiHandler):
         except Exception:
             metrics.PLUGIN_ROUTE_ERRORS.labels(route.plugin).inc()
             log.exception("route %s %s of plugin %s failed", method, route.path, route.plugin)
-            raise ApiError(500, {"detail": "A server error occurred."}) from None
+            raise ApiError(500, SERVER_ERROR) from None
 
     async def _user(self, route: Route) -> User | None:
         if route.auth == "none":
@@ -179,5 +182,5 @@ class PluginRouteHandler(ApiHandler):
         if not 400 <= error.status <= 599:
             log.error("route %s of plugin %s raised HttpError with status %s; answering 500",
                       route.path, route.plugin, error.status)
-            raise ApiError(500, {"detail": "A server error occurred."})
+            raise ApiError(500, SERVER_ERROR)
         raise ApiError(error.status, error.body)

@@ -352,7 +352,7 @@ class TaxiSocket(WebSocketHandler):
     async def _leave(self, conn: Connection) -> None:
         """Leave the groups now, all at once; run the disconnect hooks after the connect
         hooks, so that a hook still running in prepare() is not undone before it ends."""
-        await asyncio.gather(*(conn.hub.leave(conn, group) for group in list(conn.groups)))
+        await conn.hub.leave_all(conn, conn.groups)
         if self.connecting is not None:
             await self.connecting.wait()
         for plugin, hook in self.services.registry.disconnect_hooks:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from taxi_tornado import metrics
 from taxi_tornado.frames import encode, text_frame
 from taxi_tornado.hub.brokers import Broker, MemoryBroker
-from taxi_tornado.hub.history import Position, Replay, with_position
+from taxi_tornado.hub.history import Position, Replay, with_position, without_position
 
 POSITIONED_VERSION = 2  # members speaking this protocol version or later get `pos`
 
@@ -85,8 +85,8 @@ class Hub:
             await self.broker.unsubscribe(group)
 
     async def leave_all(self, member: Member, groups: Iterable[str]) -> None:
-        for group in list(groups):
-            await self.leave(member, group)
+        """Leave every group at once, not one broker round trip after another."""
+        await asyncio.gather(*(self.leave(member, group) for group in list(groups)))
 
     def members(self, group: str) -> int:
         return len(self.groups.get(group, ()))
@@ -107,8 +107,7 @@ class Hub:
         (with the Redis broker and history on, local members get the send back through
         Redis, in offset order, so this is 0).
         """
-        if isinstance(message, dict) and "pos" in message:
-            message = {key: value for key, value in message.items() if key != "pos"}
+        message = without_position(message)
         payload = encode(message)
         delivered = await self.broker.send(group, payload, exclude, min_version)
         metrics.HUB_PUBLISHED.inc()

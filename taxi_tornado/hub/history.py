@@ -18,6 +18,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from taxi_tornado.frames import encode
 
@@ -190,3 +191,10 @@ class MemoryHistory:
             if history.last_send >= meta_cutoff:
                 break
             del self._groups[group]
+
+
+def without_position(message: Any) -> Any:
+    """The message less any `pos` of its own: the hub gives the position."""
+    if isinstance(message, dict) and "pos" in message:
+        return {key: value for key, value in message.items() if key != "pos"}
+    return message

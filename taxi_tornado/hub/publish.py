@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from taxi_tornado.frames import encode
-from taxi_tornado.hub.history import HistoryLimits
+from taxi_tornado.hub.history import HistoryLimits, without_position
 from taxi_tornado.hub.redis_broker import RedisBroker, SendFailed
 
 DEFAULT_LIMITS = HistoryLimits()
@@ -33,8 +33,7 @@ async def publish(
     """
     if url.startswith("memory://"):
         raise ValueError("publish() needs a shared hub (redis://…); memory:// is one process")
-    if isinstance(message, dict) and "pos" in message:
-        message = {key: value for key, value in message.items() if key != "pos"}
+    message = without_position(message)
     limits = HistoryLimits(history_size, history_ttl)
     broker = RedisBroker(url, prefix, limits)
     try:

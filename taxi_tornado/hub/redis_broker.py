@@ -108,7 +108,7 @@ class RedisBroker(Broker):
         return f"Redis hub {_without_password(self.url)} (prefix {self.prefix!r})"
 
     def channel(self, group: str) -> str:
-        return self._channel_prefix + group
+        return self._link.channel(group)
 
     async def start(self) -> None:
         """Connect in the background; wait for the first attempt only, never for Redis."""

@@ -13,14 +13,14 @@ import time
 from typing import Any
 
 from taxi_tornado import metrics
+from taxi_tornado.dispatch import broadcast
+from taxi_tornado.dispatch.broadcast import DRIVERS, V2
 from taxi_tornado.dispatch.service import dispatch_of
 from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
 from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
-DRIVERS = "drivers"
-V2 = 2
 MAX_ADDRESS = 255
 
 
@@ -43,7 +43,7 @@ async def join_trip_groups(conn: Connection) -> None:
 
 
 def trip_message(trip: Trip, conn: Connection) -> dict[str, Any]:
-    return {"type": "trip.updated", "data": trip.to_json(conn.base_url)}
+    return broadcast.trip_message(trip, conn.base_url)
 
 
 async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:

@@ -125,11 +125,12 @@ class SQLiteStore(Store):
             "SELECT id, username, username_key FROM users WHERE username GLOB '*[^ -~]*'"
         )
         for user_id, username, key in rows:
-            if username_key(username) == key:
+            folded = username_key(username)
+            if folded == key:
                 continue
             try:
                 await self.db.execute("UPDATE users SET username_key = ? WHERE id = ?",
-                                      (username_key(username), user_id))
+                                      (folded, user_id))
             except sqlite3.IntegrityError:
                 log.warning("user %s: username %r folds to the name of another user; it "
                             "can log in only as written before", user_id, username)
