@@ -261,7 +261,10 @@ def child_pids(pid: int) -> list[int]:
 async def test_two_forked_workers_share_one_port_and_their_groups(
     tmp_path: Path, processes: Spawn, hub_env: dict[str, str], prefix: str
 ) -> None:
-    server = processes(env={**hub_env, "TAXI_SERVER_PROCESSES": "2"}, name="forked")
+    # One driver opens many sockets while the kernel spreads them over the workers; the
+    # per-user socket cap (per process) must not end the search before both hold some.
+    server = processes(env={**hub_env, "TAXI_SERVER_PROCESSES": "2",
+                            "TAXI_LIMITS_SOCKETS_PER_USER": "0"}, name="forked")
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 15
