@@ -5,7 +5,8 @@ upgrade (HS256, same claims, same secret; no user lookup, no store), groups are 
 sets, a message for a group is encoded once into one frame and written straight to each
 member's IOStream, on_message is a plain function (no task per frame). No rate limit, no
 metrics, no logging, no pings. Trips are not stored; the location scenario's trip
-pairs are read from a JSON file (`--trips`: [[trip, rider, driver], …]).
+pairs are read from a JSON file (`--trips`: [[trip, rider, driver], …]). It runs on the
+event loop the server picks by default (uvloop when installed; see loop_factory).
 
     python bench/baseline.py --port 8123 --trips trips.json   (secret: $TAXI_AUTH_SECRET_KEY)
 """
@@ -152,5 +153,19 @@ async def main() -> None:
     await asyncio.Event().wait()
 
 
+def loop_factory() -> Any:
+    """The loop taxi_tornado runs on by default (`server.event_loop = "auto"`: uvloop when
+    installed), so that both servers are measured on the same one; TAXI_SERVER_EVENT_LOOP
+    set to asyncio in the bench's environment puts both on asyncio's own."""
+    if os.environ.get("TAXI_SERVER_EVENT_LOOP", "auto") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main())

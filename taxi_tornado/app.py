@@ -126,9 +126,10 @@ class Server:
         self.http.add_sockets(sockets)
         self.keepalive.start()
         self.port = sockets[0].getsockname()[1]
-        log.info("taxi_tornado listening on %s://%s:%s (store %s, hub %s)",
+        log.info("taxi_tornado listening on %s://%s:%s (store %s, hub %s, event loop %s)",
                  "https" if server.tls_cert else "http", server.host, self.port,
-                 _safe_url(self.settings.store_url), _safe_url(self.settings.hub.url))
+                 _safe_url(self.settings.store_url), _safe_url(self.settings.hub.url),
+                 type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         server = self.settings.server

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from taxi_tornado import __version__
 from taxi_tornado.app import Server, build_application, listen_sockets
@@ -26,7 +26,13 @@ from taxi_tornado.plugins.api import PluginError
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
 from taxi_tornado.scaffold import ScaffoldError, write_plugin
 from taxi_tornado.services import build_services
-from taxi_tornado.settings import Settings, SettingsError, load_settings, with_secret
+from taxi_tornado.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    uvloop_installed,
+    with_secret,
+)
 from taxi_tornado.store import ALL_GROUPS, STAFF, StoreError, UsernameTaken, open_store
 
 log = logging.getLogger("taxi_tornado")
@@ -101,7 +107,23 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
         if parent_status is not None:
             return parent_status
         services = build_services(settings, registry, plugins)  # each worker its own
-    return asyncio.run(_serve(Server(settings, services)))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.server.event_loop)) as runner:
+        return runner.run(_serve(Server(settings, services)))
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when `server.event_loop` asks for it, or (auto) when installed.
+
+    Tornado runs on any asyncio loop. uvloop's is written in C: with thousands of sockets
+    each sending now and then, the loop's own turn (select, callbacks, registering each
+    socket's read again after every frame) was a fifth of the server's CPU, and uvloop
+    takes most of that away (bench/README.md, location ingest). None is asyncio's own.
+    """
+    if choice == "asyncio" or (choice == "auto" and not uvloop_installed()):
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 def fork_workers(count: int) -> int | None:

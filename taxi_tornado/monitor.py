@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
-from prometheus_client import Counter
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from taxi_tornado import __version__, metrics
@@ -47,6 +47,7 @@ from taxi_tornado.store import (
 )
 
 if TYPE_CHECKING:
+    from taxi_tornado.plugins.api import Connection
     from taxi_tornado.services import Services
 
 log = logging.getLogger("taxi_tornado.monitor")
@@ -59,11 +60,52 @@ MAP_DRIVERS = 2000  # located drivers drawn on the map
 REDIS_TIMEOUT = 1.0
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 # The counters whose totals and rates the page shows: name in the document -> series.
-COUNTERS: dict[str, Counter] = {
+COUNTERS: dict[str, Collector] = {
     "in": metrics.FRAMES_IN,
     "out": metrics.FRAMES_OUT,
     "errors": metrics.ERRORS,
 }
+
+
+class SocketCensus:
+    """This process's open sockets by protocol version, and the distinct drivers and staff
+    behind them, kept as sockets open and close.
+
+    The operators' view reads them every second; walking every socket for them took about
+    4 µs a socket (20 ms of the loop each second at 5,000 sockets, a stall every frame
+    that arrived meanwhile waited through).
+    """
+
+    def __init__(self) -> None:
+        self._by_version: dict[int, int] = {}
+        self._users: dict[str, dict[str, int]] = {"driver": {}, STAFF: {}}  # id -> sockets
+
+    def opened(self, conn: Connection) -> None:
+        self._by_version[conn.version] = self._by_version.get(conn.version, 0) + 1
+        users = self._users.get(conn.user.group)
+        if users is not None:
+            users[conn.user.id] = users.get(conn.user.id, 0) + 1
+
+    def closed(self, conn: Connection) -> None:
+        _decrement(self._by_version, conn.version)
+        users = self._users.get(conn.user.group)
+        if users is not None:
+            _decrement(users, conn.user.id)
+
+    def by_version(self) -> dict[str, int]:
+        return {str(version): count for version, count in sorted(self._by_version.items())}
+
+    def users(self, group: str) -> int:
+        """Distinct users of `group` ("driver" or "staff") with an open socket here."""
+        return len(self._users[group])
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class Monitor:
@@ -125,19 +167,8 @@ class Monitor:
     async def sample(self) -> dict[str, Any]:
         """This process now, as one JSON object."""
         services = self.services
-        by_version: dict[str, int] = {}
-        drivers: set[str] = set()
-        staff: set[str] = set()
-        for sock in tuple(services.sockets):
-            conn = sock.connection
-            if conn is None:
-                continue
-            key = str(conn.version)
-            by_version[key] = by_version.get(key, 0) + 1
-            if conn.user.group == "driver":
-                drivers.add(conn.user.id)
-            elif conn.user.group == STAFF:
-                staff.add(conn.user.id)
+        census = services.census
+        by_version = census.by_version()
         return {
             "id": self.node_id,
             "version": __version__,
@@ -147,8 +178,8 @@ class Monitor:
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "sampled": format_time(now()),
             "connections": {"total": sum(by_version.values()), "by_version": by_version},
-            "drivers_connected": len(drivers),
-            "staff_connected": len(staff),
+            "drivers_connected": census.users("driver"),
+            "staff_connected": census.users(STAFF),
             "ready": {"store": await self._store_ready(), "hub": services.hub.broker.ready,
                       "draining": services.draining},
             "messages": self._messages(),
@@ -318,7 +349,7 @@ def _sum_messages(nodes: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]
     return summed
 
 
-def _counter_totals(counter: Counter) -> dict[str, float]:
+def _counter_totals(counter: Collector) -> dict[str, float]:
     """A labelled counter's value per label (its one label), read through collect()."""
     totals: dict[str, float] = {}
     for family in counter.collect():

@@ -16,7 +16,7 @@ from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.dispatch.service import Dispatch
 from taxi_tornado.handlers.expiry import TokenExpiry
 from taxi_tornado.hub import HistoryLimits, Hub, build_broker
-from taxi_tornado.monitor import Monitor
+from taxi_tornado.monitor import Monitor, SocketCensus
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
 from taxi_tornado.plugins.tasks import PluginTasks
@@ -43,6 +43,7 @@ class Services:
     dispatch: Dispatch
     plugins: list[PluginInfo] = field(default_factory=list)
     sockets: set[TaxiSocket] = field(default_factory=set)
+    census: SocketCensus = field(default_factory=SocketCensus)  # kept beside `sockets`
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     expiry: TokenExpiry = field(default_factory=TokenExpiry)

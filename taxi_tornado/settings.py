@@ -8,6 +8,7 @@ with exactly that line.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import re
@@ -25,6 +26,13 @@ log = logging.getLogger("taxi_tornado.settings")
 
 ENV_PREFIX = "TAXI_"
 SETTINGS_FILE = "settings.toml"
+
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def uvloop_installed() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
 
 
 class SettingsError(Exception):
@@ -49,6 +57,7 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = ()
     header_timeout: float = 60.0
     body_timeout: float = 120.0
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -338,6 +347,10 @@ def _validate(s: Settings) -> None:
             "server.ping_timeout: must not exceed server.ping_interval",
         ),
         (s.server.drain_timeout >= 0, "server.drain_timeout: must not be negative"),
+        (s.server.event_loop in EVENT_LOOPS,
+         f"server.event_loop: must be auto, uvloop or asyncio, got {s.server.event_loop!r}"),
+        (s.server.event_loop != "uvloop" or uvloop_installed(),
+         "server.event_loop: uvloop is not installed (pip install uvloop), or set auto"),
         (
             bool(s.server.tls_cert) == bool(s.server.tls_key),
             "server.tls_cert: server.tls_cert and server.tls_key must be set together",

@@ -228,8 +228,8 @@ async def test_overview_counts_connections_drivers_and_trips(server: RunningServ
     driver, driver_token = await server.user("dan", "driver")
     await server.user("dora", "driver")  # not connected
     rider_ws = await server.connect(rider_token)  # v1
-    await server.connect(driver_token, v2=True)
-    await server.connect(driver_token)  # the same driver twice counts once
+    driver_v2 = await server.connect(driver_token, v2=True)
+    driver_v1 = await server.connect(driver_token)  # the same driver twice counts once
     waiting = await rider_ws.request({"type": "trip.request", "data": ADDRESSES})
     taken = await server.store.create_trip(rider.id, "c", "d")
     await server.assign(taken.id, "IN_PROGRESS", driver.id)
@@ -257,6 +257,18 @@ async def test_overview_counts_connections_drivers_and_trips(server: RunningServ
                                                         "draining": False}
     assert body["messages"]["in"]["trip.request"] >= 1
     assert body["page"]["socket_path"] == "/taxi/"
+
+    # The counts follow sockets as they close: the driver stays while one socket is open.
+    rider_ws.ws.close(1000)
+    driver_v1.ws.close(1000)
+    body = await overview_until(server, staff_token,
+                                lambda body: body["connections"]["total"] == 1)
+    assert body["connections"]["by_version"] == {"2": 1}
+    assert body["drivers"]["connected"] == 1
+    driver_v2.ws.close(1000)
+    body = await overview_until(server, staff_token,
+                                lambda body: body["connections"]["total"] == 0)
+    assert body["connections"]["by_version"] == {} and body["drivers"]["connected"] == 0
 
 
 async def test_overview_counts_error_frames_by_code(server: RunningServer) -> None:

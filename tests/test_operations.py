@@ -32,6 +32,7 @@ from tornado.websocket import websocket_connect
 
 from taxi_tornado import metrics
 from taxi_tornado.auth import TokenAuthority
+from taxi_tornado.handlers.keepalive import SLICES, Keepalive
 from taxi_tornado.settings import AuthSettings, Settings, replace
 from taxi_tornado.store import open_store
 from tests.conftest import (
@@ -323,6 +324,56 @@ async def test_client_that_stops_answering_pings_is_closed_and_leaves_its_groups
         == "still here"
     mute.close()
     live.ws.close(1000)
+
+
+class PingRecorder:
+    """A Pingable that notes each ping and close (the scheduling under test is pure logic;
+    the test above runs the same Keepalive against real sockets)."""
+
+    def __init__(self) -> None:
+        self.ping_sent_at = 0.0
+        self.pings = 0
+        self.closed_because: str | None = None
+
+    def ping(self, data: bytes = b"") -> None:
+        self.pings += 1
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closed_because = reason
+
+
+async def test_keepalive_spreads_each_round_of_pings_over_the_interval() -> None:
+    sockets = {PingRecorder() for _ in range(103)}
+    keepalive = Keepalive(sockets, interval=25, timeout=0)
+    per_tick = []
+    for _ in range(SLICES):
+        before = sum(sock.pings for sock in sockets)
+        keepalive.tick()
+        per_tick.append(sum(sock.pings for sock in sockets) - before)
+    assert max(per_tick) == 5 and sum(per_tick) == 103  # ceil(103 / 25) a tick
+    assert all(sock.pings == 1 for sock in sockets)  # each exactly once a round
+    # A socket gone mid-round is skipped; one opened mid-round waits for the next round.
+    keepalive.tick()
+    gone = next(sock for sock in sockets if sock.pings == 1)
+    sockets.discard(gone)
+    late = PingRecorder()
+    sockets.add(late)
+    for _ in range(SLICES - 1):
+        keepalive.tick()
+    assert gone.pings == 1 and late.pings == 0
+    assert all(sock.pings == 2 for sock in sockets if sock is not late)
+    for _ in range(SLICES):
+        keepalive.tick()
+    assert late.pings == 1 and gone.pings == 1
+
+
+async def test_keepalive_closes_only_the_sockets_that_owe_a_pong() -> None:
+    silent, answering = PingRecorder(), PingRecorder()
+    keepalive = Keepalive({silent, answering}, interval=25, timeout=20)
+    keepalive.ping([silent, answering])
+    answering.ping_sent_at = 0.0  # what on_pong does
+    keepalive.close_silent([silent, answering], silent.ping_sent_at)
+    assert silent.closed_because == "ping timed out" and answering.closed_because is None
 
 
 # --- limits -----------------------------------------------------------------------------------

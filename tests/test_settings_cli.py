@@ -74,6 +74,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     ({"TAXI_DISPATCH_OFFER_TIMEOUT": "0"}, "dispatch.offer_timeout"),
     ({"TAXI_DISPATCH_MAX_WAIT": "soon"}, "dispatch.max_wait"),
     ({"TAXI_DISPATCH_LOCATION_TTL": "0"}, "dispatch.location_ttl"),
+    ({"TAXI_SERVER_EVENT_LOOP": "trio"}, "server.event_loop"),
 ])
 def test_bad_value_names_the_key(env: dict[str, str], key: str) -> None:
     with pytest.raises(SettingsError) as caught:
@@ -178,3 +179,14 @@ def test_several_processes_need_a_fixed_port() -> None:
         load_settings(environ={"TAXI_SERVER_PROCESSES": "2", "TAXI_SERVER_PORT": "0",
                                "TAXI_HUB_URL": "redis://127.0.0.1:6379/0"},
                       create_secret=False)
+
+
+@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_server_runs_on_the_event_loop_chosen(tmp_path: Path, choice: str, loop: str) -> None:
+    """uvloop is a dependency on Linux, so `auto` takes it; `asyncio` is the way back."""
+    server = spawn_server(tmp_path, {"TAXI_SERVER_EVENT_LOOP": choice})
+    try:
+        assert f"event loop {loop})" in server.log(), server.log()
+    finally:
+        server.process.terminate()
+        server.process.wait(20)

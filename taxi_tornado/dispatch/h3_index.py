@@ -23,6 +23,7 @@ from taxi_tornado.dispatch.locations import (
     LocatedDriver,
     LocationIndex,
     NearbyDriver,
+    indexable,
 )
 
 RESOLUTION = 9
@@ -81,7 +82,16 @@ class H3LocationIndex(LocationIndex):
         await self.forget(driver_id)
         return True
 
+    async def put(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
+        # Once a second per driver: the base class's checks and the work here in one
+        # coroutine, not two.
+        if indexable(lat):
+            self._record(driver_id, lat, lng, heading)
+
     async def _put(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
+        self._record(driver_id, lat, lng, heading)
+
+    def _record(self, driver_id: str, lat: float, lng: float, heading: float | None) -> None:
         driver = self._drivers.get(driver_id)
         if driver is None:
             driver = self._drivers[driver_id] = _Driver()

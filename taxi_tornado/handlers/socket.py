@@ -187,6 +187,7 @@ class TaxiSocket(WebSocketHandler):
         self.writer = StreamWriter(stream, limits.outbound_queue, self._too_slow,
                                    limits.outbound_bytes)
         self.services.sockets.add(self)
+        self.services.census.opened(conn)
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_OPENED.inc()
         conn.attach(self)
@@ -329,6 +330,8 @@ class TaxiSocket(WebSocketHandler):
         if self not in sockets:
             return
         sockets.discard(self)
+        if self.connection is not None:  # always, once in `sockets`
+            self.services.census.closed(self.connection)
         metrics.CONNECTIONS.dec()
         log.info(
             "socket close user=%s remote=%s code=%s duration=%.3fs", self._user_id(),

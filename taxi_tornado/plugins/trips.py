@@ -22,6 +22,7 @@ from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
 MAX_ADDRESS = 255
+NUMBER = (int, float)
 
 
 def setup(registry: Registry) -> None:
@@ -187,8 +188,11 @@ async def driver_location(conn: Connection, data: Any) -> None:
     assert lat is not None and lng is not None
     dispatch = dispatch_of(conn)
     await dispatch.locations.put(conn.user.id, lat, lng, heading)
+    trip_ids = await dispatch.trips.of(conn.user.id)
+    if not trip_ids:  # most drivers, most of the time: nothing to relay
+        return None
     at = format_time(now())
-    for trip_id in await dispatch.trips.of(conn.user.id):
+    for trip_id in trip_ids:
         message = {"type": "driver.location", "data": {
             "driver": conn.user.id, "trip": trip_id, "lat": lat, "lng": lng,
             "heading": heading, "speed": speed, "at": at,
@@ -308,7 +312,7 @@ def _number(
         if required:
             errors[name] = ["This field is required."]
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, NUMBER) or not low <= value <= high:
         errors[name] = [f"Must be a number from {low} to {high}."]
         return None
     return float(value)

@@ -130,7 +130,7 @@ def photo_url(base_url: str, photo: str | None) -> str | None:
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds and Z, as PROTOCOL.md fixes."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def now() -> datetime:
