@@ -220,6 +220,8 @@ async def test_rider_cancel_revokes_every_offer(tmp_path: Path, start: Start) ->
 async def test_trip_nobody_takes_is_canceled_after_max_wait(
         tmp_path: Path, start: Start) -> None:
     server = await start(nearest(tmp_path, batch=1, offer_timeout=0.6, max_wait=1.5))
+    _, staff_token = await server.user("olga", "staff")
+    staff = await server.connect(staff_token, v2=True)
     _, ignoring = await driver_at(server, "ignoring", 100)
     passenger = await rider(server)
     trip = await request(passenger)
@@ -227,6 +229,14 @@ async def test_trip_nobody_takes_is_canceled_after_max_wait(
     canceled = await expect(passenger, "trip.updated", timeout=10)
     assert canceled["id"] == trip["id"] and canceled["status"] == "CANCELED"
     assert await expect(passenger, "trip.unmatched") == {"id": trip["id"]}
+    # The operators' table hears of the server's cancel as of any other change.
+    deadline = time.monotonic() + 5
+    while True:  # past admin.stats (every second) and the admin.trip of the request
+        assert time.monotonic() < deadline, "staff never heard of the cancel"
+        event = await staff.receive(5)
+        if event["type"] == "admin.trip" and event["data"]["status"] == "CANCELED":
+            break
+    assert event["data"]["id"] == trip["id"]
     # The offer expired after 0.6 s (never offered again); nothing else reaches the driver.
     assert await expect(ignoring, "trip.offer.revoked") == {"id": trip["id"],
                                                             "reason": "expired"}

@@ -27,6 +27,7 @@ from taxi_tornado.dispatch.broadcast import V2, BroadcastStrategy, trip_message
 from taxi_tornado.dispatch.locations import NearbyDriver
 from taxi_tornado.dispatch.offers import Dispatching
 from taxi_tornado.dispatch.strategy import DispatchContext
+from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.store import Trip, TripStatus, format_time
 
 if TYPE_CHECKING:
@@ -216,10 +217,13 @@ class NearestStrategy(BroadcastStrategy):
         await self._revoke(holders or [], dispatching.trip_id, "canceled")
         metrics.TRIPS_UNMATCHED.inc()
         hub = self.context.hub
-        await hub.send(dispatching.trip_id, trip_message(canceled, dispatching.base_url))
+        updated = trip_message(canceled, dispatching.base_url)
+        await hub.send(dispatching.trip_id, updated)
         await hub.send(f"user:{dispatching.rider_id}",
                        {"type": "trip.unmatched", "data": {"id": dispatching.trip_id}},
                        min_version=V2)
+        if self.context.settings.admin.enabled:  # as for every other change of a trip
+            await tell_staff(hub, "admin.trip", updated["data"])
 
     def _retry_open(self, dispatching: Dispatching, trip: Trip) -> None:
         self._driving[trip.id] = asyncio.ensure_future(self._open_later(dispatching, trip))
