@@ -23,7 +23,6 @@ from taxi_tornado.drain import DrainingHTTPServer
 from taxi_tornado.handlers import admin, api, auth, drivers, socket
 from taxi_tornado.handlers.base import HostRefused, InvalidHostHandler, NotFoundHandler
 from taxi_tornado.handlers.body_limit import MIB, UNLIMITED, BodyLimit
-from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.handlers.plugin_routes import plugin_routes
 from taxi_tornado.hosts import allowed_hosts
 from taxi_tornado.logs import log_request
@@ -87,8 +86,6 @@ class Server:
         self.services = services or build_services(settings)
         self.http: DrainingHTTPServer | None = None
         self.port = settings.server.port
-        self.keepalive = Keepalive(self.services.sockets, settings.server.ping_interval,
-                                   settings.server.ping_timeout)
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -124,7 +121,7 @@ class Server:
             body_timeout=server.body_timeout,
         )
         self.http.add_sockets(sockets)
-        self.keepalive.start()
+        self.services.keepalive.start()
         self.port = sockets[0].getsockname()[1]
         log.info("taxi_tornado listening on %s://%s:%s (store %s, hub %s, event loop %s)",
                  "https" if server.tls_cert else "http", server.host, self.port,
@@ -168,7 +165,7 @@ class Server:
         for task in list(services.tasks):
             await asyncio.wait([task], timeout=1)
         await services.plugin_tasks.shut_down()
-        self.keepalive.stop()
+        self.services.keepalive.stop()
         services.expiry.stop()
         await services.monitor.stop()
         await services.dispatch.stop()

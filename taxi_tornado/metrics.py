@@ -45,7 +45,10 @@ class HotCounter(Collector):
     def labels(self, value: str) -> HotCount:
         child = self._children.get(value)
         if child is None:
-            child = self._children[value] = HotCount()
+            key = str(value)  # a plugin's reply may carry a type that is no string
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = HotCount()
         return child
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -80,13 +83,18 @@ class HotHistogram(Collector):
         self.label_names = list(labels)
         self.bounds = tuple(float(bound) for bound in buckets)
         self._children: dict[tuple[str, ...], HotSpread] = {}
+        if not self.label_names:  # exported from the start, at zero, as prometheus_client does
+            self.labels()
         if register:
             REGISTRY.register(self)
 
     def labels(self, *values: str) -> HotSpread:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = HotSpread(self.bounds)
+            key = tuple(map(str, values))
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = HotSpread(self.bounds)
         return child
 
     def observe(self, amount: float) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.dispatch.service import Dispatch
 from taxi_tornado.handlers.expiry import TokenExpiry
+from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.hub import HistoryLimits, Hub, build_broker
 from taxi_tornado.monitor import Monitor, SocketCensus
 from taxi_tornado.plugins.api import Registry
@@ -47,11 +48,14 @@ class Services:
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     expiry: TokenExpiry = field(default_factory=TokenExpiry)
+    keepalive: Keepalive = field(init=False)  # pings the open sockets
     auth_rate: AddressRateLimit = field(init=False)  # log-in, sign-up and refresh
     monitor: Monitor = field(init=False)  # the operators' view (admin.enabled)
 
     def __post_init__(self) -> None:
         self.auth_rate = AddressRateLimit(self.settings.limits.auth_rate)
+        self.keepalive = Keepalive(self.settings.server.ping_interval,
+                                   self.settings.server.ping_timeout)
         self.monitor = Monitor(self)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:

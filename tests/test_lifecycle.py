@@ -255,6 +255,7 @@ async def test_upgrades_cut_at_random_points_leave_no_member_and_hold_no_frames(
         return members == groups and len(running.server.services.sockets) == 1
 
     await eventually(settled, timeout=15)
+    assert running.server.services.keepalive.watched() == 1, f"seed {seed}"  # the steady one
     if hub == "redis":
         assert await numsub(running, f"user:{phone.id}") == 0, f"seed {seed}"
         assert await numsub(running, trip.id) == 0, f"seed {seed}"

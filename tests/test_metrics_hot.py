@@ -15,7 +15,7 @@ def exposition(collector: object, name: str) -> list[str]:
     registry = CollectorRegistry()
     registry.register(collector)  # type: ignore[arg-type]
     return [line for line in generate_latest(registry).decode().splitlines()
-            if line.startswith(name) and "_created" not in line]
+            if name in line and "_created" not in line]
 
 
 def test_hot_histogram_reads_like_a_prometheus_histogram() -> None:
@@ -35,3 +35,19 @@ def test_hot_counter_reads_like_a_prometheus_counter() -> None:
         reference.labels(label).inc(amount)
         hot.labels(label).inc(amount)
     assert exposition(hot, "seen") == exposition(reference, "seen")
+
+
+def test_an_unlabelled_hot_histogram_reads_zero_before_any_observation() -> None:
+    reference = Histogram("fanout", "d", buckets=BUCKETS, registry=None)
+    hot = metrics.HotHistogram("fanout", "d", (), BUCKETS, register=False)
+    assert exposition(hot, "fanout") == exposition(reference, "fanout")
+
+
+def test_a_label_that_is_no_string_is_counted_under_its_text() -> None:
+    """A plugin's reply may carry `"type": 5`; /metrics must still render."""
+    reference = Counter("odd", "d", ["type"], registry=None)
+    hot = metrics.HotCounter("odd", "d", "type", register=False)
+    for label in (5, "5", None):
+        reference.labels(label).inc()
+        hot.labels(label).inc()  # type: ignore[arg-type]
+    assert exposition(hot, "odd") == exposition(reference, "odd")

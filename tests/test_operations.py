@@ -327,7 +327,7 @@ async def test_client_that_stops_answering_pings_is_closed_and_leaves_its_groups
 
 
 class PingRecorder:
-    """A Pingable that notes each ping and close (the scheduling under test is pure logic;
+    """A Pingable that notes each ping and close (the schedule under test is pure logic;
     the test above runs the same Keepalive against real sockets)."""
 
     def __init__(self) -> None:
@@ -342,38 +342,61 @@ class PingRecorder:
         self.closed_because = reason
 
 
-async def test_keepalive_spreads_each_round_of_pings_over_the_interval() -> None:
-    sockets = {PingRecorder() for _ in range(103)}
-    keepalive = Keepalive(sockets, interval=25, timeout=0)
+async def test_keepalive_pings_each_socket_once_an_interval_spread_over_it() -> None:
+    keepalive = Keepalive(interval=25, timeout=0)
+    sockets = [PingRecorder() for _ in range(103)]
+    for sock in sockets:
+        keepalive.watch(sock)
     per_tick = []
-    for _ in range(SLICES):
-        before = sum(sock.pings for sock in sockets)
+    last_ping: dict[PingRecorder, int] = {}  # the tick of each one's latest ping
+    for tick in range(SLICES):
         keepalive.tick()
-        per_tick.append(sum(sock.pings for sock in sockets) - before)
-    assert max(per_tick) == 5 and sum(per_tick) == 103  # ceil(103 / 25) a tick
-    assert all(sock.pings == 1 for sock in sockets)  # each exactly once a round
-    # A socket gone mid-round is skipped; one opened mid-round waits for the next round.
-    keepalive.tick()
-    gone = next(sock for sock in sockets if sock.pings == 1)
-    sockets.discard(gone)
-    late = PingRecorder()
-    sockets.add(late)
-    for _ in range(SLICES - 1):
+        pinged = [sock for sock in sockets if sock.pings and sock not in last_ping]
+        last_ping.update(dict.fromkeys(pinged, tick))
+        per_tick.append(len(pinged))
+    assert max(per_tick) == 5 and min(per_tick) == 4  # 103 over 25 ticks
+    assert all(sock.pings == 1 for sock in sockets)
+    # Sockets come and go between and during rounds: each open one is pinged exactly once
+    # per interval (SLICES ticks), a new one within an interval, a closed one never again.
+    watched_at: dict[PingRecorder, int] = {}
+    gone: list[PingRecorder] = []
+    for tick in range(SLICES, 11 * SLICES):
+        if tick % 3 == 0:
+            closed = sockets.pop(tick % len(sockets))
+            keepalive.forget(closed)
+            gone.append(closed)
+        if tick % 4 == 0:
+            fresh = PingRecorder()
+            sockets.append(fresh)
+            keepalive.watch(fresh)
+            watched_at[fresh] = tick
+        counts = {sock: sock.pings for sock in [*sockets, *gone]}
         keepalive.tick()
-    assert gone.pings == 1 and late.pings == 0
-    assert all(sock.pings == 2 for sock in sockets if sock is not late)
-    for _ in range(SLICES):
-        keepalive.tick()
-    assert late.pings == 1 and gone.pings == 1
+        assert all(sock.pings == counts[sock] for sock in gone)
+        for sock in sockets:
+            if sock.pings == counts[sock]:
+                since = last_ping.get(sock, watched_at.get(sock))
+                assert since is not None and tick - since < SLICES
+                continue
+            if sock in last_ping:
+                assert tick - last_ping[sock] == SLICES
+            else:
+                assert tick - watched_at[sock] < SLICES
+            last_ping[sock] = tick
+    assert keepalive.watched() == len(sockets)
 
 
 async def test_keepalive_closes_only_the_sockets_that_owe_a_pong() -> None:
-    silent, answering = PingRecorder(), PingRecorder()
-    keepalive = Keepalive({silent, answering}, interval=25, timeout=20)
-    keepalive.ping([silent, answering])
+    silent, answering, gone = PingRecorder(), PingRecorder(), PingRecorder()
+    keepalive = Keepalive(interval=25, timeout=20)
+    for sock in (silent, answering, gone):
+        keepalive.watch(sock)
+    keepalive.ping([silent, answering, gone])
     answering.ping_sent_at = 0.0  # what on_pong does
-    keepalive.close_silent([silent, answering], silent.ping_sent_at)
-    assert silent.closed_because == "ping timed out" and answering.closed_because is None
+    keepalive.forget(gone)  # closed meanwhile
+    keepalive.close_silent([silent, answering, gone], silent.ping_sent_at)
+    assert silent.closed_because == "ping timed out"
+    assert answering.closed_because is None and gone.closed_because is None
 
 
 # --- limits -----------------------------------------------------------------------------------

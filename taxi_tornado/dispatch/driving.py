@@ -6,11 +6,12 @@ than the rest of the frame. So the store is asked once per driver and the answer
 until a trip of theirs changes: the trips plugin says so on the process where it
 happened, and with a Redis hub a notice on `<hub.prefix>:dispatch:driving` tells every
 other process. After a lost Redis link every answer is dropped (notices may have been
-missed meanwhile), so an answer goes stale only through a change nobody announced: a
-plugin writing trips to the store itself. MAX_AGE_S bounds that; each answer's limit is
-drawn between half of it and all of it, so that drivers who connected together do not all
-ask the store again in the same second. (At 30 s, the asks of 4,000 drivers were a tenth
-of a location frame's CPU.)
+missed meanwhile); what is left is a notice that could not be sent (the sender's Redis
+link failing while the others' held), or a plugin writing trips to the store itself.
+MAX_AGE_S bounds what that costs: a canceled trip's rider would keep hearing the
+driver's position until then, so it stays short. Each answer's limit is drawn between
+half of it and all of it, so that drivers who connected together do not all ask the
+store again in the same second.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from taxi_tornado.store import Store
 
 log = logging.getLogger("taxi_tornado.dispatch")
 
-MAX_AGE_S = 120.0
+MAX_AGE_S = 30.0
 RECONNECT_S = 1.0
 
 

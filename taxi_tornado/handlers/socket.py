@@ -192,6 +192,7 @@ class TaxiSocket(WebSocketHandler):
         metrics.CONNECTIONS_OPENED.inc()
         conn.attach(self)
         self.services.expiry.watch(self)
+        self.services.keepalive.watch(self)
         log.info("socket open user=%s remote=%s version=%s", conn.user.id,
                  self.request.remote_ip, conn.version)
         if self.services.draining:  # the drain began while this handshake was under way
@@ -346,6 +347,7 @@ class TaxiSocket(WebSocketHandler):
             return
         self.ended = True
         self.services.expiry.forget(self)
+        self.services.keepalive.forget(self)
         conn = self.connection
         if conn is None:
             return

@@ -186,12 +186,13 @@ async def driver_location(conn: Connection, data: Any) -> None:
     if errors:
         raise ProtocolError("invalid", "The location is not valid.", errors)
     assert lat is not None and lng is not None
+    received = now()
     dispatch = dispatch_of(conn)
     await dispatch.locations.put(conn.user.id, lat, lng, heading)
     trip_ids = await dispatch.trips.of(conn.user.id)
-    if not trip_ids:  # most drivers, most of the time: nothing to relay
+    if not trip_ids:  # most drivers, most of the time: nothing to relay, nothing to format
         return None
-    at = format_time(now())
+    at = format_time(received)
     for trip_id in trip_ids:
         message = {"type": "driver.location", "data": {
             "driver": conn.user.id, "trip": trip_id, "lat": lat, "lng": lng,
