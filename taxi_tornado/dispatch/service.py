@@ -101,7 +101,6 @@ class Dispatch:
         config = self.settings.dispatch
         interval = min(config.location_ttl / 2, MAX_UPKEEP_INTERVAL)
         while True:
-            self.trips.prune()
             try:
                 await self.locations.maintain()
                 census = await self.locations.census()

@@ -1,0 +1,111 @@
+"""What each driver drives, kept between location reports (dispatch/driving.py), on a real
+SQLite store: asked once, forgotten on a change, asked again in rounds, dropped when
+nobody reads it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from taxi_tornado.dispatch import driving
+from taxi_tornado.dispatch.driving import DrivingTrips
+from taxi_tornado.store import Store, TripStatus, open_store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path / 'taxi.db'}")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def driving_trip(store: Store, driver_id: str) -> str:
+    rider = await store.create_user(username=f"r-{driver_id}", password_hash="x",
+                                    group="rider")
+    trip = await store.create_trip(rider.id, "A", "B")
+    moved = await store.update_trip(trip.id, expected_status=TripStatus.REQUESTED,
+                                    expected_driver_id=None, status=TripStatus.STARTED,
+                                    driver_id=driver_id)
+    assert moved is not None
+    return trip.id
+
+
+async def cancel_behind_its_back(store: Store, trip_id: str, driver_id: str) -> None:
+    """A change nobody announces (a plugin writing the store itself)."""
+    moved = await store.update_trip(trip_id, expected_status=TripStatus.STARTED,
+                                    expected_driver_id=driver_id,
+                                    status=TripStatus.CANCELED, driver_id=driver_id)
+    assert moved is not None
+
+
+async def test_answer_is_kept_until_a_change_is_announced(store: Store) -> None:
+    trips = DrivingTrips(store)
+    driver = await store.create_user(username="d", password_hash="x", group="driver")
+    assert await trips.of(driver.id) == []
+    trip_id = await driving_trip(store, driver.id)
+    assert await trips.of(driver.id) == []  # kept: nobody said
+    await trips.changed(driver.id)
+    assert await trips.of(driver.id) == [trip_id]
+
+
+async def test_unannounced_change_is_seen_within_a_round(store: Store) -> None:
+    trips = DrivingTrips(store)
+    drivers = [await store.create_user(username=f"d{i}", password_hash="x", group="driver")
+               for i in range(45)]
+    trip_id = await driving_trip(store, drivers[0].id)
+    for driver in drivers:
+        await trips.of(driver.id)
+    await cancel_behind_its_back(store, trip_id, drivers[0].id)
+    rounds = int(driving.MAX_AGE_S / driving.REFRESH_S)
+    for _ in range(rounds):
+        for driver in drivers:  # every driver reports each second
+            await trips.of(driver.id)
+        await trips.refresh()
+    assert await trips.of(drivers[0].id) == []
+    assert trips.answers() == len(drivers)
+
+
+async def test_answers_nobody_reads_are_dropped(store: Store) -> None:
+    trips = DrivingTrips(store)
+    staying = await store.create_user(username="staying", password_hash="x", group="driver")
+    leaving = await store.create_user(username="leaving", password_hash="x", group="driver")
+    await trips.of(leaving.id)
+    await trips.of(staying.id)
+    for _ in range(int(driving.MAX_AGE_S / driving.REFRESH_S) + 2):
+        await trips.of(staying.id)
+        await trips.refresh()
+    assert trips.answers() == 1
+    assert await trips.of(staying.id) == []
+
+
+class HeldAnswers:
+    """The real store, whose answers about active trips wait for `release` once read:
+    an ask whose answer is on its way while a change happens."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def active_trip_ids(self, user_id: str) -> list[str]:
+        answer = await self.store.active_trip_ids(user_id)
+        self.read.set()
+        await self.release.wait()
+        return answer
+
+
+async def test_a_change_during_an_ask_is_not_overwritten_by_its_answer(store: Store) -> None:
+    held = HeldAnswers(store)
+    trips = DrivingTrips(held)  # type: ignore[arg-type]
+    driver = await store.create_user(username="d", password_hash="x", group="driver")
+    asking = asyncio.ensure_future(trips.of(driver.id))
+    await held.read.wait()  # the answer of before the change is on its way
+    trip_id = await driving_trip(store, driver.id)
+    await trips.changed(driver.id)
+    held.release.set()
+    assert await asking == []  # the answer of its time
+    assert await trips.of(driver.id) == [trip_id]  # but not kept past the change
