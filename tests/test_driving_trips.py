@@ -15,6 +15,16 @@ from taxi_tornado.dispatch.driving import DrivingTrips
 from taxi_tornado.store import Store, TripStatus, open_store
 
 
+class Clock:
+    """Seconds that pass when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     opened = open_store(f"sqlite:///{tmp_path / 'taxi.db'}")
@@ -53,7 +63,8 @@ async def test_answer_is_kept_until_a_change_is_announced(store: Store) -> None:
 
 
 async def test_unannounced_change_is_seen_within_a_round(store: Store) -> None:
-    trips = DrivingTrips(store)
+    clock = Clock()
+    trips = DrivingTrips(store, clock=clock)
     drivers = [await store.create_user(username=f"d{i}", password_hash="x", group="driver")
                for i in range(45)]
     trip_id = await driving_trip(store, drivers[0].id)
@@ -61,23 +72,30 @@ async def test_unannounced_change_is_seen_within_a_round(store: Store) -> None:
         await trips.of(driver.id)
     await cancel_behind_its_back(store, trip_id, drivers[0].id)
     rounds = int(driving.MAX_AGE_S / driving.REFRESH_S)
-    for _ in range(rounds):
+    for second in range(int(1.5 * rounds) + 1):
         for driver in drivers:  # every driver reports each second
             await trips.of(driver.id)
+        if second < rounds // 2:  # young answers are not asked again
+            assert await trips.of(drivers[0].id) == [trip_id]
+        clock.now += driving.REFRESH_S
         await trips.refresh()
     assert await trips.of(drivers[0].id) == []
     assert trips.answers() == len(drivers)
 
 
 async def test_answers_nobody_reads_are_dropped(store: Store) -> None:
-    trips = DrivingTrips(store)
+    clock = Clock()
+    trips = DrivingTrips(store, clock=clock)
     staying = await store.create_user(username="staying", password_hash="x", group="driver")
     leaving = await store.create_user(username="leaving", password_hash="x", group="driver")
     await trips.of(leaving.id)
     await trips.of(staying.id)
-    for _ in range(int(driving.MAX_AGE_S / driving.REFRESH_S) + 2):
+    for second in range(2 * int(driving.MAX_AGE_S / driving.REFRESH_S)):
         await trips.of(staying.id)
+        clock.now += driving.REFRESH_S
         await trips.refresh()
+        if clock.now - 1000.0 < driving.MAX_AGE_S / 2:  # not reporting yet, just connected
+            assert trips.answers() == 2, second
     assert trips.answers() == 1
     assert await trips.of(staying.id) == []
 

@@ -14,8 +14,9 @@ would hear the driver's position until it is noticed. So every answer is also as
 again about every MAX_AGE_S, by a task that each second re-asks the oldest answers in one
 batch (the SQLite store answers a batch with one query). Asked one by one from the
 frames that found their answer too old, 4,000 drivers' asks took a tenth of the
-server's CPU. An answer nobody read for a whole round belongs to a driver who left, and
-is dropped instead.
+server's CPU. Only answers at least half that age are taken, so that drivers who
+connected together spread over the round. An answer nobody read since it was asked
+belongs to a driver who stopped reporting, and is dropped instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import contextlib
 import itertools
 import logging
 import math
+import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -40,11 +43,14 @@ RECONNECT_S = 1.0
 
 
 class DrivingTrips:
-    def __init__(self, store: Store, redis: Redis | None = None, channel: str = "") -> None:
+    def __init__(self, store: Store, redis: Redis | None = None, channel: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self._clock = clock
         self.redis = redis
         self.channel = channel
-        self._known: dict[str, list[str]] = {}  # driver -> trips, the oldest answer first
+        # driver -> (trips, asked at), the oldest answer first
+        self._known: dict[str, tuple[list[str], float]] = {}
         self._read: set[str] = set()  # drivers whose answer was read since it was asked
         self._generation = 0  # forgets so far: an ask that saw one meanwhile is not kept
         self._tasks: list[asyncio.Task[None]] = []
@@ -61,11 +67,11 @@ class DrivingTrips:
 
     async def of(self, driver_id: str) -> list[str]:
         """The ids of the trips the driver is driving now."""
-        trips = self._known.get(driver_id)
-        if trips is None:
+        known = self._known.get(driver_id)
+        if known is None:
             return await self._ask(driver_id)
         self._read.add(driver_id)
-        return trips
+        return known[0]
 
     async def changed(self, driver_id: str) -> None:
         """A trip of the driver changed here: forget, and tell the other processes."""
@@ -83,11 +89,14 @@ class DrivingTrips:
         return len(self._known)
 
     async def refresh(self) -> None:
-        """Ask again for the oldest answers, a round of all of them every MAX_AGE_S; drop
-        those nobody read since they were asked."""
+        """Ask again for the oldest answers, a round of all of them about every MAX_AGE_S;
+        drop those nobody read since they were asked."""
         count = math.ceil(len(self._known) * REFRESH_S / MAX_AGE_S)
+        old_enough = self._clock() - MAX_AGE_S / 2
         due = []
-        for driver_id in list(itertools.islice(self._known, count)):
+        for driver_id, (_, asked) in list(itertools.islice(self._known.items(), count)):
+            if asked > old_enough:
+                break
             if driver_id in self._read:
                 self._read.discard(driver_id)
                 due.append(driver_id)
@@ -100,10 +109,11 @@ class DrivingTrips:
 
     async def _ask(self, driver_id: str) -> list[str]:
         generation = self._generation
+        asked = self._clock()
         trips = await self.store.active_trip_ids(driver_id)
         if self._generation == generation:  # nothing was forgotten while we asked
             self._known.pop(driver_id, None)
-            self._known[driver_id] = trips  # to the end: the newest answer
+            self._known[driver_id] = (trips, asked)  # to the end: the newest answer
         return trips
 
     async def _keep_fresh(self) -> None:
