@@ -107,6 +107,10 @@ class Server:
                 sock.close()
             # The first error is the one to report; each part is released whatever the other did.
             with contextlib.suppress(Exception):
+                await services.monitor.stop()
+            with contextlib.suppress(Exception):
+                await services.dispatch.stop()
+            with contextlib.suppress(Exception):
                 await services.hub.stop()
             with contextlib.suppress(Exception):
                 await services.store.close()

@@ -14,16 +14,15 @@ would hear the driver's position until it is noticed. So every answer is also as
 again about every MAX_AGE_S, by a task that each second re-asks the oldest answers in one
 batch (the SQLite store answers a batch with one query). Asked one by one from the
 frames that found their answer too old, 4,000 drivers' asks took a tenth of the
-server's CPU. Only answers at least half that age are taken, so that drivers who
-connected together spread over the round. An answer nobody read since it was asked
-belongs to a driver who stopped reporting, and is dropped instead.
+server's CPU. Answers younger than half that age wait (drivers who connected together
+spread over the round), answers as old as it go at once. An answer nobody read since it
+was asked belongs to a driver who stopped reporting, and is dropped instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import time
@@ -52,7 +51,9 @@ class DrivingTrips:
         # driver -> (trips, asked at), the oldest answer first
         self._known: dict[str, tuple[list[str], float]] = {}
         self._read: set[str] = set()  # drivers whose answer was read since it was asked
-        self._generation = 0  # forgets so far: an ask that saw one meanwhile is not kept
+        # Each driver's latest ask in flight: an answer is kept only if its ask is still
+        # the latest and no change of that driver came meanwhile.
+        self._asking: dict[str, object] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -89,14 +90,19 @@ class DrivingTrips:
         return len(self._known)
 
     async def refresh(self) -> None:
-        """Ask again for the oldest answers, a round of all of them about every MAX_AGE_S;
-        drop those nobody read since they were asked."""
+        """Ask again for the oldest answers, a round of all of them about every MAX_AGE_S
+        (and any older than that, however many); drop those nobody read since they were
+        asked."""
         count = math.ceil(len(self._known) * REFRESH_S / MAX_AGE_S)
-        old_enough = self._clock() - MAX_AGE_S / 2
-        due = []
-        for driver_id, (_, asked) in list(itertools.islice(self._known.items(), count)):
-            if asked > old_enough:
+        now = self._clock()
+        young, overdue = now - MAX_AGE_S / 2, now - (MAX_AGE_S - REFRESH_S)
+        oldest = []
+        for index, (driver_id, (_, asked)) in enumerate(self._known.items()):
+            if asked > young or (index >= count and asked > overdue):
                 break
+            oldest.append(driver_id)
+        due = []
+        for driver_id in oldest:
             if driver_id in self._read:
                 self._read.discard(driver_id)
                 due.append(driver_id)
@@ -108,10 +114,15 @@ class DrivingTrips:
             raise failed
 
     async def _ask(self, driver_id: str) -> list[str]:
-        generation = self._generation
+        token = self._asking[driver_id] = object()
         asked = self._clock()
-        trips = await self.store.active_trip_ids(driver_id)
-        if self._generation == generation:  # nothing was forgotten while we asked
+        try:
+            trips = await self.store.active_trip_ids(driver_id)
+        finally:
+            latest = self._asking.get(driver_id) is token
+            if latest:
+                del self._asking[driver_id]
+        if latest:
             self._known.pop(driver_id, None)
             self._known[driver_id] = (trips, asked)  # to the end: the newest answer
         return trips
@@ -128,12 +139,12 @@ class DrivingTrips:
     def _forget(self, driver_id: str) -> None:
         self._known.pop(driver_id, None)
         self._read.discard(driver_id)
-        self._generation += 1
+        self._asking.pop(driver_id, None)
 
     def _forget_all(self) -> None:
         self._known.clear()
         self._read.clear()
-        self._generation += 1
+        self._asking.clear()
 
     async def _listen(self) -> None:
         """Forget what other processes say changed; after a lost link, forget everything
