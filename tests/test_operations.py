@@ -32,7 +32,7 @@ from tornado.websocket import websocket_connect
 
 from taxi_tornado import metrics
 from taxi_tornado.auth import TokenAuthority
-from taxi_tornado.handlers.keepalive import SLICES, Keepalive
+from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.settings import AuthSettings, Settings, replace
 from taxi_tornado.store import open_store
 from tests.conftest import (
@@ -343,13 +343,15 @@ class PingRecorder:
 
 
 async def test_keepalive_pings_each_socket_once_an_interval_spread_over_it() -> None:
-    keepalive = Keepalive(interval=25, timeout=0)
+    keepalive = Keepalive(interval=2.5, timeout=0)
+    slices = keepalive.slices
+    assert slices == 25  # a tick every tenth of a second
     sockets = [PingRecorder() for _ in range(103)]
     for sock in sockets:
         keepalive.watch(sock)
     per_tick = []
     last_ping: dict[PingRecorder, int] = {}  # the tick of each one's latest ping
-    for tick in range(SLICES):
+    for tick in range(slices):
         keepalive.tick()
         pinged = [sock for sock in sockets if sock.pings and sock not in last_ping]
         last_ping.update(dict.fromkeys(pinged, tick))
@@ -357,10 +359,10 @@ async def test_keepalive_pings_each_socket_once_an_interval_spread_over_it() -> 
     assert max(per_tick) == 5 and min(per_tick) == 4  # 103 over 25 ticks
     assert all(sock.pings == 1 for sock in sockets)
     # Sockets come and go between and during rounds: each open one is pinged exactly once
-    # per interval (SLICES ticks), a new one within an interval, a closed one never again.
+    # per interval (slices ticks), a new one within an interval, a closed one never again.
     watched_at: dict[PingRecorder, int] = {}
     gone: list[PingRecorder] = []
-    for tick in range(SLICES, 11 * SLICES):
+    for tick in range(slices, 11 * slices):
         if tick % 3 == 0:
             closed = sockets.pop(tick % len(sockets))
             keepalive.forget(closed)
@@ -376,12 +378,12 @@ async def test_keepalive_pings_each_socket_once_an_interval_spread_over_it() -> 
         for sock in sockets:
             if sock.pings == counts[sock]:
                 since = last_ping.get(sock, watched_at.get(sock))
-                assert since is not None and tick - since < SLICES
+                assert since is not None and tick - since < slices
                 continue
             if sock in last_ping:
-                assert tick - last_ping[sock] == SLICES
+                assert tick - last_ping[sock] == slices
             else:
-                assert tick - watched_at[sock] < SLICES
+                assert tick - watched_at[sock] < slices
             last_ping[sock] = tick
     assert keepalive.watched() == len(sockets)
 
