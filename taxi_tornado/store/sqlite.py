@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +81,7 @@ ACTIVE_MARKS = ", ".join("?" for _ in ACTIVE_STATUSES)
 # Ids per `IN (…)` list: the active-trips query binds each twice, and 2 * 400 + 3 stays
 # under 999, the smallest variable limit an SQLite build may have.
 CHUNK = 400
+LOCKED_RETRY_S = 10.0  # how long opening waits out a file other workers are setting up
 T = TypeVar("T")
 
 
@@ -106,14 +108,32 @@ class SQLiteStore(Store):
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute("PRAGMA busy_timeout=5000")
+            await self._while_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
             await self._db.execute("PRAGMA foreign_keys=ON")
-            await self._db.executescript(SCHEMA)
+            await self._while_locked(lambda: self.db.executescript(SCHEMA))
             await self._add_missing_columns()
             await self._refold_usernames()
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open SQLite database {self.path}: {error}") from error
+
+    async def _while_locked(self, statement: Callable[[], Awaitable[object]]) -> None:
+        """Run `statement`, again while the file is locked, for up to LOCKED_RETRY_S.
+
+        Worker processes open one file together at start-up. Switching it to WAL, or
+        creating its tables, needs it to themselves for a moment, and SQLite may answer
+        "database is locked" at once there rather than wait out busy_timeout (seen with
+        eight openers of one old file).
+        """
+        deadline = time.monotonic() + LOCKED_RETRY_S
+        while True:
+            try:
+                await statement()
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
 
     async def _refold_usernames(self) -> None:
         """Give users stored before usernames were NFKC-folded their key of today.
