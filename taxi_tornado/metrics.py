@@ -10,8 +10,9 @@ locks were a tenth of the CPU of a `driver.location` frame.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -44,12 +45,7 @@ class HotCounter(Collector):
 
     def labels(self, value: str) -> HotCount:
         child = self._children.get(value)
-        if child is None:
-            key = str(value)  # a plugin's reply may carry a type that is no string
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = HotCount()
-        return child
+        return child if child is not None else _new_child(self._children, str(value), HotCount)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
@@ -83,23 +79,22 @@ class HotHistogram(Collector):
         self.label_names = list(labels)
         self.bounds = tuple(float(bound) for bound in buckets)
         self._children: dict[tuple[str, ...], HotSpread] = {}
-        if not self.label_names:  # exported from the start, at zero, as prometheus_client does
-            self.labels()
+        # Exported from the start, at zero, as prometheus_client does.
+        self._unlabelled = None if self.label_names else self.labels()
         if register:
             REGISTRY.register(self)
 
     def labels(self, *values: str) -> HotSpread:
         child = self._children.get(values)
-        if child is None:
-            key = tuple(map(str, values))
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = HotSpread(self.bounds)
-        return child
+        if child is not None:
+            return child
+        return _new_child(self._children, tuple(map(str, values)),
+                          lambda: HotSpread(self.bounds))
 
     def observe(self, amount: float) -> None:
         """For a histogram without labels."""
-        self.labels().observe(amount)
+        assert self._unlabelled is not None, "a labelled histogram observes through labels()"
+        self._unlabelled.observe(amount)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation,
@@ -112,6 +107,19 @@ class HotHistogram(Collector):
                 cumulative.append((name, total))
             family.add_metric(list(values), cumulative, child.sum)
         yield family
+
+
+Child = TypeVar("Child")
+
+
+def _new_child(children: dict[Any, Child], key: Any, make: Callable[[], Child]) -> Child:
+    """The child under `key` (label values as text: a plugin's reply may carry a type that
+    is no string), made on first use."""
+    child = children.get(key)
+    if child is None:
+        child = children[key] = make()
+    return child
+
 
 CONNECTIONS = Gauge("taxi_connections", "Open WebSocket connections.")
 CONNECTIONS_OPENED = Counter("taxi_connections_opened", "WebSocket connections accepted.")
