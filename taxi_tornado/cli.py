@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from taxi_tornado import __version__
+from taxi_tornado import __version__, collector
 from taxi_tornado.app import Server, build_application, listen_sockets
 from taxi_tornado.auth import hash_password
 from taxi_tornado.dispatch.service import strategy_factory
@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
+    collector.tune()
     registry, plugins = load_plugins(settings=settings.plugins)
     strategy_factory(settings, registry)  # an unknown dispatch.mode stops us here
     settings = with_secret(settings)
@@ -165,6 +166,9 @@ async def _serve(server: Server) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
+    frozen = collector.freeze_startup()
+    log.info("garbage collector: young collections every %s allocations, %s start-up "
+             "objects frozen", collector.YOUNG_THRESHOLD, frozen)
     await stop.wait()
     log.info("signal received: draining (at most %ss)", server.settings.server.drain_timeout)
     await server.stop()
