@@ -226,6 +226,25 @@ class LocationContract:
                     assert mine == pytest.approx(theirs, rel=0.002, abs=0.5)
 
 
+    async def test_a_crowd_of_unavailable_drivers_does_not_hide_farther_ones(
+            self, index: LocationIndex) -> None:
+        """Sixty drivers round the point who may not take the trip (unavailable, busy or
+        excluded), the available ones at 1.2-1.9 km: those are found, nearest first."""
+        excluded = []
+        for number in range(60):
+            driver_id = f"crowd{number:02d}"
+            await located(index, driver_id, 20 + number, 5)
+            if number % 3 == 0:
+                await index.set_available(driver_id, False)
+            elif number % 3 == 1:
+                await index.set_busy(driver_id, True)
+            else:
+                excluded.append(driver_id)
+        for number, north in enumerate((1900, 1200, 1500)):
+            await located(index, f"far{number}", north)
+        assert await nearest_ids(index, 2000, 2, exclude=excluded) == ["far1", "far2"]
+        assert await nearest_ids(index, 2000, 5, exclude=excluded) == ["far1", "far2", "far0"]
+
 async def _none_located(index: LocationIndex) -> bool:
     """Once every position is past its ttl (and upkeep ran), none is listed."""
     await index.maintain()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -187,6 +188,11 @@ def test_server_runs_on_the_event_loop_chosen(tmp_path: Path, choice: str, loop:
     server = spawn_server(tmp_path, {"TAXI_SERVER_EVENT_LOOP": choice})
     try:
         assert f"event loop {loop})" in server.log(), server.log()
+        # collector.py: start-up objects are frozen once the server listens.
+        frozen = re.search(r"young collections every 50000 allocations, (\d+) start-up "
+                           r"objects frozen", server.log())
+        assert frozen is not None, server.log()
+        assert int(frozen.group(1)) > 10_000
     finally:
         server.process.terminate()
         server.process.wait(20)

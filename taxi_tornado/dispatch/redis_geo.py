@@ -109,23 +109,32 @@ local need = tonumber(ARGV[6])
 local skip = {}
 for i = 8, #ARGV do skip[ARGV[i]] = true end
 local fetch = want * 2 + (#ARGV - 7) + 8
+local radius = tonumber(ARGV[3])
+local r = radius / 8
 while true do
+  if r > radius then r = radius end
   local hits = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
-                          'BYRADIUS', ARGV[3], 'm', 'ASC', 'COUNT', fetch,
+                          'BYRADIUS', r, 'm', 'ASC', 'COUNT', fetch,
                           'WITHDIST', 'WITHCOORD')
-  local out = {}
-  for _, hit in ipairs(hits) do
-    local id = hit[1]
-    if not skip[id] then
-      local seen = redis.call('ZSCORE', KEYS[2], id)
-      if seen and tonumber(seen) >= fresh and driver_state(ARGV[7] .. id) >= need then
-        out[#out + 1] = {id, hit[2], hit[3][1], hit[3][2], redis.call('HGET', KEYS[3], id) or ''}
-        if #out >= want then return out end
+  if #hits < fetch and r < radius then
+    -- GEOSEARCH sorts every member of its circle: in a dense city, a small circle
+    -- that already holds `fetch` drivers is far cheaper than the whole radius.
+    r = r * 2
+  else
+    local out = {}
+    for _, hit in ipairs(hits) do
+      local id = hit[1]
+      if not skip[id] then
+        local seen = redis.call('ZSCORE', KEYS[2], id)
+        if seen and tonumber(seen) >= fresh and driver_state(ARGV[7] .. id) >= need then
+          out[#out + 1] = {id, hit[2], hit[3][1], hit[3][2], redis.call('HGET', KEYS[3], id) or ''}
+          if #out >= want then return out end
+        end
       end
     end
+    if #hits < fetch then return out end
+    fetch = fetch * 4
   end
-  if #hits < fetch then return out end
-  fetch = fetch * 4
 end
 """
 
