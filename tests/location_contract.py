@@ -245,6 +245,12 @@ class LocationContract:
         assert await nearest_ids(index, 2000, 2, exclude=excluded) == ["far1", "far2"]
         assert await nearest_ids(index, 2000, 5, exclude=excluded) == ["far1", "far2", "far0"]
 
+    async def test_tiny_radii_find_nobody_and_return(self, index: LocationIndex) -> None:
+        await located(index, "near", 0.5)
+        for radius in (5e-324, 1e-300, 0.1):
+            assert await asyncio.wait_for(nearest_ids(index, radius, 3), 5) == []
+        assert await nearest_ids(index, 1, 3) == ["near"]
+
 async def _none_located(index: LocationIndex) -> bool:
     """Once every position is past its ttl (and upkeep ran), none is listed."""
     await index.maintain()
