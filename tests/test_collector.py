@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -126,6 +127,14 @@ async def test_frames_leave_no_cycles_behind(tmp_path: Path, start: Starter) -> 
 
 
 
+def upgrade_then_leave(port: int, token: str) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"GET /taxi/?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+
+
 def live_sockets() -> int:
     """Handlers still tracked by the collector: with collection off, that is every one
     not freed by reference counting."""
@@ -159,6 +168,8 @@ async def test_every_way_a_socket_ends_frees_it_without_a_collection(
         await asyncio.to_thread(raw.sock.sendall, bytes((0x81, 0xFF)) + (60_000).to_bytes(8)
                                 + bytes(4) + b"x" * 30_000)  # half a frame, then gone
         raw.sock.close()
+        for _ in range(5):  # gone during the upgrade, before or after its answer
+            await asyncio.to_thread(upgrade_then_leave, server.port, rider_token)
         await eventually(lambda: not sockets and live_sockets() == 0)
     finally:
         gc.enable()
