@@ -32,7 +32,7 @@ from tornado.websocket import websocket_connect
 
 from taxi_tornado import metrics
 from taxi_tornado.auth import TokenAuthority
-from taxi_tornado.handlers.keepalive import Keepalive
+from taxi_tornado.handlers.keepalive import MAX_SLOTS, Keepalive
 from taxi_tornado.settings import AuthSettings, Settings, replace
 from taxi_tornado.store import open_store
 from tests.conftest import (
@@ -345,8 +345,8 @@ class PingRecorder:
 async def test_keepalive_pings_each_socket_once_an_interval_spread_over_it() -> None:
     keepalive = Keepalive(interval=2.5, timeout=0)
     slices = keepalive.slices
-    assert slices == 25  # a tick every tenth of a second
-    sockets = [PingRecorder() for _ in range(103)]
+    assert slices == 125  # a tick every fiftieth of a second
+    sockets = [PingRecorder() for _ in range(503)]
     for sock in sockets:
         keepalive.watch(sock)
     per_tick = []
@@ -356,7 +356,7 @@ async def test_keepalive_pings_each_socket_once_an_interval_spread_over_it() -> 
         pinged = [sock for sock in sockets if sock.pings and sock not in last_ping]
         last_ping.update(dict.fromkeys(pinged, tick))
         per_tick.append(len(pinged))
-    assert max(per_tick) == 5 and min(per_tick) == 4  # 103 over 25 ticks
+    assert max(per_tick) == 5 and min(per_tick) == 4  # 503 over 125 ticks
     assert all(sock.pings == 1 for sock in sockets)
     # Sockets come and go between and during rounds: each open one is pinged exactly once
     # per interval (slices ticks), a new one within an interval, a closed one never again.
@@ -386,6 +386,19 @@ async def test_keepalive_pings_each_socket_once_an_interval_spread_over_it() -> 
                 assert tick - watched_at[sock] < slices
             last_ping[sock] = tick
     assert keepalive.watched() == len(sockets)
+
+
+def test_keepalive_slots_are_capped_for_long_intervals() -> None:
+    """An hour's interval would be 180,000 slots a tick apart; it gets MAX_SLOTS, each
+    tick then covering a longer slice of the interval."""
+    keepalive = Keepalive(interval=3600, timeout=0)
+    assert keepalive.slices == MAX_SLOTS
+    sockets = [PingRecorder() for _ in range(2 * MAX_SLOTS)]
+    for sock in sockets:
+        keepalive.watch(sock)
+    for _ in range(MAX_SLOTS):
+        keepalive.tick()
+    assert all(sock.pings == 1 for sock in sockets)
 
 
 async def test_keepalive_closes_only_the_sockets_that_owe_a_pong() -> None:

@@ -12,7 +12,10 @@ when it opens (in turn, so the slots stay even), and a tick every TICK_S pings o
 A socket is so pinged exactly once per interval, its first ping within one. Pinging
 5,000 sockets at once held the loop for tens of milliseconds, and every frame that
 arrived meanwhile waited (the relay p99 of the location bench doubled on that tick);
-at one slot a second, 176 pings still held it 8-40 ms.
+at one slot a second, 176 pings still held it 8-40 ms. At a tick every 0.1 s, 19,000
+sockets still gave 76 pings a tick and as many pongs back: a trip request landing behind
+them waited for its first offer 6 ms at p99 instead of 2.3 (bench/README.md, offer
+latency); a tick every 0.02 s pings 15. Long intervals keep at most MAX_SLOTS slots.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Protocol
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-TICK_S = 0.1  # the default 25 s interval: 250 slots, a 250th of the sockets each tick
+TICK_S = 0.02  # the default 25 s interval: 1,250 slots, a 1,250th of the sockets a tick
+MAX_SLOTS = 5000  # an empty slot is a small set; ticks grow past TICK_S beyond this
 
 
 class Pingable(Protocol):
@@ -41,7 +45,8 @@ class Keepalive:
         self.interval = interval
         self.timeout = timeout
         self._timer: PeriodicCallback | None = None
-        self.slices = max(1, math.ceil(interval / TICK_S))  # ticks (and slots) an interval
+        # ticks (and slots) an interval
+        self.slices = max(1, min(MAX_SLOTS, math.ceil(interval / TICK_S)))
         self._slots: list[set[Pingable]] = [set() for _ in range(self.slices)]
         self._slot_of: dict[Pingable, int] = {}
         self._next_slot = itertools.cycle(range(self.slices))
