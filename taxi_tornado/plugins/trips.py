@@ -18,6 +18,7 @@ from taxi_tornado.dispatch.broadcast import DRIVERS, V2
 from taxi_tornado.dispatch.service import dispatch_of
 from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
+from taxi_tornado.plugins.follow import follow, listen_for_follows
 from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
@@ -33,6 +34,7 @@ def setup(registry: Registry) -> None:
     registry.add_message_type("trip.decline", decline_trip)
     registry.add_message_type("driver.location", driver_location)
     registry.on_connect(join_trip_groups)
+    registry.on_startup(listen_for_follows)
 
 
 async def join_trip_groups(conn: Connection) -> None:
@@ -62,6 +64,7 @@ async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:
                                         drop_off_at)
     message = trip_message(trip, conn)
     await conn.join(trip.id)
+    await follow(conn.hub, conn.user.id, trip.id)
     await dispatch_of(conn).strategy.dispatch(conn, trip)
     await _tell_staff(conn, message)
     return message
@@ -114,6 +117,7 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
     await dispatch.trip_changed(conn.user.id)
     message = trip_message(claimed, conn)
     await conn.join(trip.id)
+    await follow(conn.hub, conn.user.id, trip.id)
     await conn.send_group(trip.id, message, exclude_self=True)
     await dispatch.strategy.claimed(conn, claimed)
     await _tell_staff(conn, message)
