@@ -55,7 +55,8 @@ def server_env(data_dir: Path, port: int) -> dict[str, str]:
     """The settings of the server under test.
 
     The per-connection rate limit is raised so that a closed-loop echo client is not
-    throttled; the token bucket still runs on every frame.
+    throttled; the token bucket still runs on every frame. The rider's quota of
+    unfinished trips is lifted: the fan-out's one rider requests 20 trips in a row.
     """
     return {
         **os.environ,
@@ -64,6 +65,7 @@ def server_env(data_dir: Path, port: int) -> dict[str, str]:
         "TAXI_AUTH_SECRET_KEY": SECRET,
         "TAXI_LIMITS_RATE": "1000000",
         "TAXI_LIMITS_BURST": "1000000",
+        "TAXI_LIMITS_TRIPS_PER_RIDER": "0",
     }
 
 
