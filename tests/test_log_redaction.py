@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.logs import setup_logging
 from taxi_tornado.settings import AuthSettings, LogSettings
 from taxi_tornado.store import User
-from tests.conftest import SECRET, ServerProcess
+from tests.conftest import SECRET, RunningServer, ServerProcess
 from tests.test_hosts import upgrade
 from tests.test_operations import eventually, seed_users
 
@@ -185,3 +186,27 @@ def test_percent_escapes_without_a_token_are_left_alone(server_logging: Any) -> 
     message = "GET /api/trip/?before=2026%2D01&q=%C3%A9cole (127.0.0.1) 50% done"
     logging.getLogger("taxi_tornado.app").info(message)
     assert message in buffer.getvalue()
+
+
+async def test_an_open_socket_keeps_no_token(server: RunningServer) -> None:
+    """Once the socket is open, the upgrade's headers and arguments are let go: the
+    token in the URL, in Authorization or in the bearer subprotocol stays nowhere a
+    later log line, a debugger or a heap dump could find it."""
+    _, token = await server.user("rider")
+    clients = [
+        await server.connect(token),
+        await server.connect("", headers={"Authorization": f"Bearer {token}"}),
+    ]
+    bearer = await websocket_connect(HTTPRequest(server.ws_url, headers={
+        "Sec-WebSocket-Protocol": f"taxi.v2, bearer.{token}"}))
+    sockets = server.server.services.sockets
+    await eventually(lambda: len(sockets) == 3)
+    for handler in sockets:
+        request = handler.request
+        held = [str(request.headers), str(request.arguments), str(request.query_arguments),
+                str(handler._headers)]
+        assert not any(token in text for text in held), held
+        assert request.remote_ip == "127.0.0.1"  # what the close line still logs
+    for client in clients:
+        client.close()
+    bearer.close()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.websocket import WebSocketHandler
 
@@ -78,7 +79,7 @@ class TaxiSocket(WebSocketHandler):
         self.dropped_in_a_row = 0
         self.close_sent: int | None = None
         self.ended = False  # _end() ran: the connection was let go
-        self.connecting: asyncio.Event | None = None  # set once the connect hooks are over
+        self.connecting: asyncio.Event | None = None  # while the connect hooks run
 
     async def prepare(self) -> None:
         services = self.services
@@ -126,11 +127,12 @@ class TaxiSocket(WebSocketHandler):
         if self.ended:  # the client left while we looked it up
             self._abandon()
             return
-        self.connecting = asyncio.Event()
+        connecting = self.connecting = asyncio.Event()
         try:
             await self._connect(conn)
         finally:
-            self.connecting.set()
+            connecting.set()  # a _leave() already waiting holds the event itself
+            self.connecting = None
 
     async def _connect(self, conn: Connection) -> None:
         """Join the user's group and run the connect hooks; stop as soon as the client is
@@ -207,8 +209,18 @@ class TaxiSocket(WebSocketHandler):
         self.services.keepalive.watch(self)
         log.info("socket open user=%s remote=%s version=%s", conn.user.id,
                  self.request.remote_ip, conn.version)
+        self._forget_the_upgrade()
         if self.services.draining:  # the drain began while this handshake was under way
             self.shut_down()
+
+    def _forget_the_upgrade(self) -> None:
+        """Drop what only the upgrade needed: the request's headers and arguments (the
+        token among them) and the 101's headers, already written. An idle socket is
+        mostly such bookkeeping: this is a tenth of what one costs (bench/README.md)."""
+        request = self.request
+        request.headers = HTTPHeaders()
+        request.arguments, request.query_arguments = {}, {}
+        self._headers = HTTPHeaders()
 
     def write_frame(self, frame: bytes) -> None:
         """The Transport side of Connection: write a prebuilt frame.
