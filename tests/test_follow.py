@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from taxi_tornado.plugins.follow import FOLLOW, FOLLOW_TYPE
+from taxi_tornado.store import TripStatus
 from tests.conftest import Client, RunningServer
 from tests.redis_server import SHARED_REDIS
 from tests.test_cluster import API_KEY, Spawn, connect, hub_publish, ready_pair, sign_up
@@ -101,19 +102,24 @@ async def test_a_drivers_other_socket_follows_the_trip_it_claimed(
 async def test_a_follow_joins_only_the_users_own_unfinished_trip(
         server: RunningServer) -> None:
     """`/api/hub/publish/` may post to `trips:follow` too: a follow naming a group that is
-    not a trip of that user's (the operators' group, another rider's trip) joins nothing."""
+    not an unfinished trip of that user's (the operators' group, another rider's trip,
+    their own canceled trip) joins nothing."""
     rider, rider_token = await server.user("rider")
     phone = await server.connect(rider_token, v2=True)
     tablet = await server.connect(rider_token, v2=True)
     _, other_token = await server.user("other-rider")
     other_trip = await request(await server.connect(other_token, v2=True))
-    for group in ("admin", other_trip["id"], "user:someone-else"):
+    ended = await server.store.create_trip(rider.id, "A street", "B street", None, None)
+    assert await server.store.update_trip(
+        ended.id, expected_status=TripStatus.REQUESTED, expected_driver_id=None,
+        status=TripStatus.CANCELED, driver_id=None) is not None
+    for group in ("admin", other_trip["id"], "user:someone-else", ended.id):
         await server.hub.send(FOLLOW, {"type": FOLLOW_TYPE,
                                        "data": {"user": rider.id, "trip": group}})
     own_trip = await request(phone)  # its follow is asked for after the three above
     await hear_the_trip([tablet], lambda message: server.hub.send(own_trip["id"], message),
                         [phone])
-    for group in ("admin", other_trip["id"]):
+    for group in ("admin", other_trip["id"], ended.id):
         await server.hub.send(group, {"type": "not.for.you"})
     await tablet.nothing()
     await phone.nothing()

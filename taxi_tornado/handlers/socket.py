@@ -220,6 +220,8 @@ class TaxiSocket(WebSocketHandler):
         request = self.request
         request.headers = HTTPHeaders()
         request.arguments, request.query_arguments = {}, {}
+        request.uri, request.query = request.path, ""
+        request.connection = None  # the HTTP/1 connection left: it kept the raw head
         self._headers = HTTPHeaders()
 
     def write_frame(self, frame: bytes) -> None:

@@ -9,6 +9,12 @@ connection, as the admin plugin's ControlListener): whichever process holds sock
 that user checks in the store that the trip is the user's and unfinished, then joins
 them to it. The check matters: `/api/hub/publish/` may post to this group too, and it
 must not put anybody in a group that is not their trip's (`admin`, say).
+
+The follow is sent after the trip's own events: those reach the other sockets' process
+first, while they are not in the group yet, so that a driver's tablet does not hear a
+claim twice (from the trip's group and from the drivers' pool). Events sent before the
+join are not replayed; like the sockets that requested or claimed, followers stay in the
+trip's group until they close.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 from taxi_tornado.frames import DecodeError, decode, frame_payload
 from taxi_tornado.hub import Hub, Position
 from taxi_tornado.plugins.api import Connection, PluginContext
-from taxi_tornado.store import ACTIVE_STATUSES, Store, StoreError
+from taxi_tornado.store import ACTIVE_STATUSES, Store
 
 FOLLOW = "trips:follow"
 FOLLOW_TYPE = "trip.follow"
@@ -68,7 +74,7 @@ class FollowListener:
     async def join(self, user_id: str, trip_id: str, members: list[Connection]) -> None:
         try:
             trip = await self.store.get_trip(trip_id)
-        except StoreError as error:
+        except Exception as error:  # a store error, or the store closed in a shutdown
             log.warning("could not follow trip %s for user %s: %s", trip_id, user_id, error)
             return
         if (trip is None or trip.status not in ACTIVE_STATUSES

@@ -64,9 +64,9 @@ async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:
                                         drop_off_at)
     message = trip_message(trip, conn)
     await conn.join(trip.id)
-    await follow(conn.hub, conn.user.id, trip.id)
     await dispatch_of(conn).strategy.dispatch(conn, trip)
     await _tell_staff(conn, message)
+    await follow(conn.hub, conn.user.id, trip.id)  # last: see plugins/follow.py
     return message
 
 
@@ -117,10 +117,10 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
     await dispatch.trip_changed(conn.user.id)
     message = trip_message(claimed, conn)
     await conn.join(trip.id)
-    await follow(conn.hub, conn.user.id, trip.id)
     await conn.send_group(trip.id, message, exclude_self=True)
     await dispatch.strategy.claimed(conn, claimed)
     await _tell_staff(conn, message)
+    await follow(conn.hub, conn.user.id, trip.id)  # last: see plugins/follow.py
     return message
 
 
