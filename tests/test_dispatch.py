@@ -20,6 +20,7 @@ from taxi_tornado.settings import Settings
 from tests.conftest import Client, RunningServer, make_settings
 from tests.location_contract import CENTER, offset
 from tests.redis_server import free_port
+from tests.test_operations import eventually
 
 Start = Callable[[Settings], Awaitable[RunningServer]]
 PICK_UP = {"lat": CENTER[0], "lng": CENTER[1]}
@@ -229,6 +230,7 @@ async def test_trip_nobody_takes_is_canceled_after_max_wait(
     canceled = await expect(passenger, "trip.updated", timeout=10)
     assert canceled["id"] == trip["id"] and canceled["status"] == "CANCELED"
     assert await expect(passenger, "trip.unmatched") == {"id": trip["id"]}
+    await eventually(lambda: server.hub.members(trip["id"]) == 0)  # the group is let go
     # The operators' table hears of the server's cancel as of any other change.
     deadline = time.monotonic() + 5
     while True:  # past admin.stats (every second) and the admin.trip of the request

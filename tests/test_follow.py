@@ -3,6 +3,7 @@ same process and, through Redis, on another (plugins/follow.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -10,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from taxi_tornado.plugins.follow import FOLLOW, FOLLOW_TYPE
+from taxi_tornado.plugins.follow import FOLLOW, FOLLOW_TYPE, UNFOLLOW_TYPE, unfollow
 from taxi_tornado.store import TripStatus
 from tests.conftest import Client, RunningServer
 from tests.redis_server import SHARED_REDIS
 from tests.test_cluster import API_KEY, Spawn, connect, hub_publish, ready_pair, sign_up
+from tests.test_operations import eventually
 from tests.test_trips import heard, request
 
 LOCATION = {"type": "driver.location", "data": {"lat": 52.5, "lng": 13.4}}
@@ -150,3 +152,50 @@ async def test_sockets_on_another_process_follow_through_redis(
         assert (await device.receive())["type"] == "driver.location"
     for client in (phone, tablet, driver_phone, driver_tablet):
         client.close()
+
+
+async def test_every_socket_lets_an_ended_trips_group_go(server: RunningServer) -> None:
+    """Completed or canceled, a trip's group is left by every socket in it: a socket
+    open all day is not in the group of every trip of the day."""
+    _, rider_token = await server.user("rider")
+    phone = await server.connect(rider_token, v2=True)
+    tablet = await server.connect(rider_token, v2=True)
+    _, driver_token = await server.user("driver", "driver")
+    driver = await server.connect(driver_token, v2=True)
+    trip = await request(phone)
+    await hear_the_trip([tablet], lambda message: server.hub.send(trip["id"], message),
+                        [phone])
+    await heard(driver, trip, "REQUESTED")
+    for status in ("STARTED", "IN_PROGRESS", "COMPLETED"):
+        await driver.request({"type": "trip.update", "data": {"id": trip["id"],
+                                                              "status": status}})
+        for device in (phone, tablet):
+            await heard(device, trip, status)
+    await eventually(lambda: server.hub.members(trip["id"]) == 0)
+    second = await request(tablet)
+    await heard(driver, second, "REQUESTED")
+    await hear_the_trip([phone], lambda message: server.hub.send(second["id"], message),
+                        [tablet])
+    await tablet.request({"type": "trip.cancel", "data": {"id": second["id"]}})
+    await heard(phone, second, "CANCELED")
+    await eventually(lambda: server.hub.members(second["id"]) == 0)
+    assert trip["id"] not in server.hub.groups and second["id"] not in server.hub.groups
+
+
+async def test_an_unfollow_leaves_only_ended_trips(server: RunningServer) -> None:
+    """An unfollow (from `/api/hub/publish/`, say) naming the drivers' pool or a trip
+    under way takes nobody out of it."""
+    _, rider_token = await server.user("rider")
+    rider = await server.connect(rider_token, v2=True)
+    _, driver_token = await server.user("driver", "driver")
+    driver = await server.connect(driver_token, v2=True)
+    trip = await request(rider)
+    await heard(driver, trip, "REQUESTED")
+    for group in ("drivers", trip["id"]):
+        await server.hub.send(FOLLOW, {"type": UNFOLLOW_TYPE, "data": {"trip": group}})
+    await unfollow(server.hub, trip["id"])  # the same, through the plugin's own call
+    await asyncio.sleep(0.2)  # the listener reads the store in the background
+    assert server.hub.members("drivers") == 1
+    assert server.hub.members(trip["id"]) == 1
+    await server.hub.send("drivers", {"type": "still.here"})
+    assert (await driver.receive())["type"] == "still.here"

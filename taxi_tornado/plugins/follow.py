@@ -1,4 +1,5 @@
-"""A user's other sockets follow a trip at once, on every process.
+"""A user's other sockets follow a trip at once, on every process; and every socket lets
+a trip's group go once the trip has ended.
 
 A socket joins the groups of its user's unfinished trips when it connects, and the
 socket that requests a trip (a rider) or claims one (a driver) joins it right away. The
@@ -13,23 +14,30 @@ must not put anybody in a group that is not their trip's (`admin`, say).
 The follow is sent after the trip's own events: those reach the other sockets' process
 first, while they are not in the group yet, so that a driver's tablet does not hear a
 claim twice (from the trip's group and from the drivers' pool). Events sent before the
-join are not replayed; like the sockets that requested or claimed, followers stay in the
-trip's group until they close.
+join are not replayed.
+
+When a trip ends (completed, or canceled by anyone), a `trip.unfollow` to the same group
+makes every process drop its sockets from the trip's group, once the store confirms the
+trip has ended (so no message can empty the drivers' pool, say); it too is sent after
+the trip's last event. Without it a driver's socket open all day would stay in the group
+of every trip of that day, and with Redis its process subscribed to each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from taxi_tornado.frames import DecodeError, decode, frame_payload
 from taxi_tornado.hub import Hub, Position
 from taxi_tornado.plugins.api import Connection, PluginContext
-from taxi_tornado.store import ACTIVE_STATUSES, Store
+from taxi_tornado.store import ACTIVE_STATUSES, Store, Trip
 
 FOLLOW = "trips:follow"
 FOLLOW_TYPE = "trip.follow"
+UNFOLLOW_TYPE = "trip.unfollow"
 
 log = logging.getLogger("taxi_tornado.plugins.trips")
 
@@ -39,13 +47,19 @@ async def follow(hub: Hub, user_id: str, trip_id: str) -> None:
     await hub.send(FOLLOW, {"type": FOLLOW_TYPE, "data": {"user": user_id, "trip": trip_id}})
 
 
+async def unfollow(hub: Hub, trip_id: str) -> None:
+    """Ask every process to drop its sockets from the group of a trip that has ended."""
+    await hub.send(FOLLOW, {"type": UNFOLLOW_TYPE, "data": {"trip": trip_id}})
+
+
 async def listen_for_follows(context: PluginContext) -> None:
     """Start-up: put this process's FollowListener in the `trips:follow` group."""
     await context.hub.join(FollowListener(context.hub, context.store), FOLLOW)
 
 
 class FollowListener:
-    """A hub member that joins local sockets to trips instead of writing to a socket."""
+    """A hub member that joins local sockets to trips, and takes them out of ended ones,
+    instead of writing to a socket."""
 
     id = "trips-follow"
     version = 1  # the plain message, as sent
@@ -53,49 +67,69 @@ class FollowListener:
     def __init__(self, hub: Hub, store: Store) -> None:
         self.hub = hub
         self.store = store
-        self.joining: set[asyncio.Task[None]] = set()
+        self.busy: set[asyncio.Task[None]] = set()
 
     def deliver_event(self, frame: bytes, group: str, position: Position) -> None:
         self.deliver(frame)
 
     def deliver(self, frame: bytes) -> None:
-        request = _follow_request(frame)
-        if request is None:
+        """Most processes hold no socket concerned, and ask the store nothing."""
+        message = _message(frame)
+        if message is None:
             return
-        user_id, trip_id = request
-        members = [member for member in self.hub.groups.get(f"user:{user_id}", ())
-                   if isinstance(member, Connection) and trip_id not in member.groups]
-        if not members:  # most processes: none of this user's sockets, no store query
+        kind, user_id, trip_id = message
+        if kind == FOLLOW_TYPE and user_id is not None:
+            followers = [member for member in self.hub.groups.get(f"user:{user_id}", ())
+                         if isinstance(member, Connection) and trip_id not in member.groups]
+            if followers:
+                self._spawn(self.join(user_id, trip_id, followers))
             return
-        task = asyncio.ensure_future(self.join(user_id, trip_id, members))
-        self.joining.add(task)
-        task.add_done_callback(self.joining.discard)
+        members = [member for member in self.hub.groups.get(trip_id, ())
+                   if isinstance(member, Connection)]
+        if members:
+            self._spawn(self.leave(trip_id, members))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.busy.add(task)
+        task.add_done_callback(self.busy.discard)
 
     async def join(self, user_id: str, trip_id: str, members: list[Connection]) -> None:
-        try:
-            trip = await self.store.get_trip(trip_id)
-        except Exception as error:  # a store error, or the store closed in a shutdown
-            log.warning("could not follow trip %s for user %s: %s", trip_id, user_id, error)
-            return
+        trip = await self._trip(trip_id)
         if (trip is None or trip.status not in ACTIVE_STATUSES
                 or user_id not in (trip.rider_id, trip.driver_id)):
             return
         for member in members:
             await member.join(trip_id)  # a socket closed meanwhile joins nothing
 
+    async def leave(self, trip_id: str, members: list[Connection]) -> None:
+        trip = await self._trip(trip_id)
+        if trip is None or not trip.status.is_final:
+            return
+        for member in members:
+            await member.leave(trip_id)
 
-def _follow_request(frame: bytes) -> tuple[str, str] | None:
-    """(user id, trip id) from a `trip.follow` frame, or None for anything else."""
+    async def _trip(self, trip_id: str) -> Trip | None:
+        try:
+            return await self.store.get_trip(trip_id)
+        except Exception as error:  # a store error, or the store closed in a shutdown
+            log.warning("trips: could not read trip %s to follow it: %s", trip_id, error)
+            return None
+
+
+def _message(frame: bytes) -> tuple[str, str | None, str] | None:
+    """(type, user id or None, trip id) of a follow or unfollow frame; None otherwise."""
     try:
         message: Any = decode(frame_payload(frame))
     except DecodeError:
         return None
-    if not isinstance(message, dict) or message.get("type") != FOLLOW_TYPE:
+    if not isinstance(message, dict) or message.get("type") not in (FOLLOW_TYPE,
+                                                                     UNFOLLOW_TYPE):
         return None
     data = message.get("data")
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not isinstance(data.get("trip"), str):
         return None
-    user_id, trip_id = data.get("user"), data.get("trip")
-    if not isinstance(user_id, str) or not isinstance(trip_id, str):
+    user_id = data.get("user")
+    if message["type"] == FOLLOW_TYPE and not isinstance(user_id, str):
         return None
-    return user_id, trip_id
+    return message["type"], user_id if isinstance(user_id, str) else None, data["trip"]

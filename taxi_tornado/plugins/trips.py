@@ -18,7 +18,7 @@ from taxi_tornado.dispatch.broadcast import DRIVERS, V2
 from taxi_tornado.dispatch.service import dispatch_of
 from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
-from taxi_tornado.plugins.follow import follow, listen_for_follows
+from taxi_tornado.plugins.follow import follow, listen_for_follows, unfollow
 from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
@@ -100,6 +100,8 @@ async def update_trip(conn: Connection, data: Any) -> dict[str, Any]:
     if updated.status.is_final:
         await dispatch_of(conn).trip_changed(conn.user.id)
     await _tell_staff(conn, message)
+    if updated.status.is_final:
+        await unfollow(conn.hub, trip.id)  # last: see plugins/follow.py
     return message
 
 
@@ -157,6 +159,7 @@ async def _cancel(conn: Connection, trip: Trip) -> dict[str, Any]:
     if trip.driver_id is not None:
         await dispatch_of(conn).trip_changed(trip.driver_id)
     await _tell_staff(conn, message)
+    await unfollow(conn.hub, trip.id)  # last: see plugins/follow.py
     return message
 
 
