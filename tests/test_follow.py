@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from taxi_tornado.hub import Position
 from taxi_tornado.plugins.follow import FOLLOW, FOLLOW_TYPE, UNFOLLOW_TYPE, unfollow
 from taxi_tornado.store import TripStatus
 from tests.conftest import Client, RunningServer
@@ -178,8 +179,15 @@ async def test_every_socket_lets_an_ended_trips_group_go(server: RunningServer) 
                         [tablet])
     await tablet.request({"type": "trip.cancel", "data": {"id": second["id"]}})
     await heard(phone, second, "CANCELED")
+    await heard(driver, second, "CANCELED")  # the pool's notice (v2)
     await eventually(lambda: server.hub.members(second["id"]) == 0)
-    assert trip["id"] not in server.hub.groups and second["id"] not in server.hub.groups
+    third = await request(phone)  # claimed straight to COMPLETED, as the protocol allows
+    await heard(driver, third, "REQUESTED")
+    await driver.request({"type": "trip.update", "data": {"id": third["id"],
+                                                          "status": "COMPLETED"}})
+    await heard(phone, third, "COMPLETED")
+    await eventually(lambda: server.hub.members(third["id"]) == 0)
+    assert not {trip["id"], second["id"], third["id"]} & set(server.hub.groups)
 
 
 async def test_an_unfollow_leaves_only_ended_trips(server: RunningServer) -> None:
@@ -199,3 +207,19 @@ async def test_an_unfollow_leaves_only_ended_trips(server: RunningServer) -> Non
     assert server.hub.members(trip["id"]) == 1
     await server.hub.send("drivers", {"type": "still.here"})
     assert (await driver.receive())["type"] == "still.here"
+
+
+async def test_a_group_left_during_a_resume_keeps_no_position(server: RunningServer) -> None:
+    """The trip ends (and its group is left) while a resume holds the group back: the
+    held events still go out, and no position is kept for a group the socket left."""
+    _, rider_token = await server.user("rider")
+    phone = await server.connect(rider_token, v2=True)
+    trip = await request(phone)
+    (handler,) = server.server.services.sockets
+    conn = handler.connection
+    conn.hold(trip["id"])
+    await server.hub.send(trip["id"], {"type": "held.back"})
+    await conn.leave(trip["id"])
+    conn.release(trip["id"], Position(5, "epoch"))
+    assert (await phone.receive())["type"] == "held.back"
+    assert conn.received(trip["id"]) is None

@@ -233,6 +233,8 @@ class Connection:
             if span and span[1].epoch == position.epoch and position.offset <= span[1].offset:
                 continue  # the resume sent it already
             self.deliver_event(frame, group, position)
+        if group not in self.groups and self._received:  # left while the resume read
+            self._received.pop(group, None)
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one message to this connection only."""

@@ -84,10 +84,8 @@ class FollowListener:
             if followers:
                 self._spawn(self.join(user_id, trip_id, followers))
             return
-        members = [member for member in self.hub.groups.get(trip_id, ())
-                   if isinstance(member, Connection)]
-        if members:
-            self._spawn(self.leave(trip_id, members))
+        if any(isinstance(member, Connection) for member in self.hub.groups.get(trip_id, ())):
+            self._spawn(self.leave(trip_id))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -102,12 +100,14 @@ class FollowListener:
         for member in members:
             await member.join(trip_id)  # a socket closed meanwhile joins nothing
 
-    async def leave(self, trip_id: str, members: list[Connection]) -> None:
+    async def leave(self, trip_id: str) -> None:
         trip = await self._trip(trip_id)
         if trip is None or not trip.status.is_final:
             return
-        for member in members:
-            await member.leave(trip_id)
+        # The members now, not when the unfollow came: one may have joined meanwhile.
+        for member in list(self.hub.groups.get(trip_id, ())):
+            if isinstance(member, Connection):
+                await member.leave(trip_id)
 
     async def _trip(self, trip_id: str) -> Trip | None:
         try:

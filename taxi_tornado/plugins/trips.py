@@ -122,7 +122,10 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
     await conn.send_group(trip.id, message, exclude_self=True)
     await dispatch.strategy.claimed(conn, claimed)
     await _tell_staff(conn, message)
-    await follow(conn.hub, conn.user.id, trip.id)  # last: see plugins/follow.py
+    if claimed.status.is_final:  # claimed straight to COMPLETED: nothing to follow
+        await unfollow(conn.hub, trip.id)
+    else:
+        await follow(conn.hub, conn.user.id, trip.id)  # last: see plugins/follow.py
     return message
 
 
