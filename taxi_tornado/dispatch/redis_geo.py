@@ -111,7 +111,7 @@ for i = 8, #ARGV do skip[ARGV[i]] = true end
 local fetch = want * 2 + (#ARGV - 7) + 8
 local radius = tonumber(ARGV[3])
 local r = radius / 8
--- Small circles are searched whole: and a radius so tiny that halving it gives 0 must
+-- Small circles are searched whole; and a radius so tiny that an eighth of it is 0 must
 -- never be doubled from 0 (that loop would not end, and Redis would answer BUSY).
 if not (r >= 100) then r = radius end
 while true do
