@@ -89,6 +89,20 @@ async def test_staff_logs_in_and_the_page_goes_live(page: Page, server: RunningS
     await expect(page.locator("#login")).to_be_visible()
 
 
+async def test_the_socket_carries_the_token_outside_its_url(
+    page: Page, server: RunningServer,
+) -> None:
+    """A staff token in a URL lands in proxies' logs; the page offers it as a
+    `bearer.` subprotocol instead, and the server still takes it (the page goes live)."""
+    urls: list[str] = []
+    page.on("websocket", lambda socket: urls.append(socket.url))
+    await staff_page(page, server)
+    token = await page.evaluate(
+        "JSON.parse(sessionStorage.getItem('taxi-admin-tokens')).access")
+    assert urls == [f"ws://127.0.0.1:{server.port}/taxi/"]
+    assert all(token not in url and "token" not in url for url in urls)
+
+
 async def test_driver_appears_on_map_and_in_counts_within_two_seconds(
     page: Page, server: RunningServer,
 ) -> None:
