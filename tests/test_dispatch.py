@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from taxi_tornado.settings import Settings
 from tests.conftest import Client, RunningServer, make_settings
 from tests.location_contract import CENTER, offset
-from tests.redis_server import free_port
+from tests.redis_server import SHARED_REDIS, free_port
 from tests.test_operations import eventually
 
 Start = Callable[[Settings], Awaitable[RunningServer]]
@@ -121,6 +122,33 @@ async def test_decline_moves_on_to_the_next_batch_at_once(
     await first.nothing()  # a decliner gets no revocation, and never the trip again
     assert await error_code(first, {"type": "trip.decline", "data": {"id": trip["id"]}}) == (
         "not_found")
+
+
+@pytest.mark.parametrize("hub", ["memory", "redis"])
+async def test_one_drivers_decline_leaves_the_others_offer_live(
+        tmp_path: Path, start: Start, hub: str) -> None:
+    """A batch of two: the nearer driver declines, the other has not decided. Their offer
+    stays live (no revocation, no next round): they still see the trip and may claim it."""
+    hub_section = {} if hub == "memory" else {
+        "url": SHARED_REDIS, "prefix": f"decline-{uuid.uuid4().hex[:12]}"}
+    server = await start(make_settings(tmp_path, hub=hub_section, dispatch={
+        "mode": "nearest", "batch": 2, "offer_timeout": 60.0, "max_wait": 120.0}))
+    _, decliner = await driver_at(server, "decliner", 100)
+    undecided_id, undecided = await driver_at(server, "undecided", 200)
+    _, next_in_line = await driver_at(server, "next in line", 300)
+    trip = await request(await rider(server))
+    await expect(decliner, "trip.offer")
+    await expect(undecided, "trip.offer")
+    reply = await decliner.request({"type": "trip.decline", "data": {"id": trip["id"]}})
+    assert reply["type"] == "trip.declined"
+    await undecided.nothing()  # no trip.offer.revoked
+    await next_in_line.nothing(0.1)  # the round goes on: one offer of it is still live
+    status, listed, _ = await server.fetch(
+        "/api/trip/", token=await token_of(server, "undecided"))
+    assert status == 200 and [item["id"] for item in listed] == [trip["id"]]
+    claimed = await claim(undecided, trip["id"])
+    assert claimed["type"] == "trip.updated", claimed
+    assert claimed["data"]["driver"]["id"] == undecided_id
 
 
 async def test_expired_offer_widens_the_circle(tmp_path: Path, start: Start) -> None:
