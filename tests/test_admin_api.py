@@ -161,6 +161,37 @@ async def test_riders_and_drivers_get_403_from_every_admin_call(
     assert stored is not None and stored.status.value == "REQUESTED"
 
 
+async def test_a_user_moved_out_of_staff_loses_the_api_with_the_old_token(
+    server: RunningServer,
+) -> None:
+    """The API wants both the token's `staff` claim and the stored group: a staff token
+    outlives a change of group (up to auth.access_ttl), the stored group does not."""
+    olga, token = await server.user("olga", "staff")
+    status, _, _ = await server.fetch("/api/admin/", token=token)
+    assert status == 200
+    assert isinstance(server.store, SQLiteStore)  # no store method changes a group
+    await server.store.db.execute("UPDATE users SET grp = 'rider' WHERE id = ?", (olga.id,))
+    calls = [("/api/admin/", "GET"), (f"/api/admin/user/{olga.id}/disconnect/", "POST")]
+    for path, method in calls:
+        body = {} if method == "POST" else None
+        status, answer, _ = await server.fetch(path, method, body, token=token)
+        assert (status, answer) == (403, {"detail": "Only staff can use the admin API."})
+
+
+async def test_a_user_moved_into_staff_needs_a_new_token(server: RunningServer) -> None:
+    """The other way round: the stored group alone is not enough either."""
+    rita, token = await server.user("rita")
+    assert isinstance(server.store, SQLiteStore)
+    await server.store.db.execute("UPDATE users SET grp = 'staff' WHERE id = ?", (rita.id,))
+    status, answer, _ = await server.fetch("/api/admin/", token=token)
+    assert (status, answer) == (403, {"detail": "Only staff can use the admin API."})
+    status, tokens, _ = await server.fetch("/api/log_in/", "POST",
+                                           {"username": "rita", "password": PASSWORD})
+    assert status == 200
+    status, _, _ = await server.fetch("/api/admin/", token=tokens["access"])
+    assert status == 200
+
+
 async def test_admin_disabled_removes_page_api_and_group(tmp_path: Path, start: Any) -> None:
     server = await start(make_settings(tmp_path, admin={"enabled": False}))
     staff_token = await staff_of(server)

@@ -82,7 +82,12 @@ def content_security_policy(tile_url: str) -> str:
 
 class AdminApiHandler(ApiHandler):
     async def staff(self) -> User:
-        """The staff user of the request's Bearer token; 401 or 403 otherwise."""
+        """The staff user of the request's Bearer token; 401 or 403 otherwise.
+
+        Both the token's `staff` claim and the stored group must say staff: a user moved
+        out of staff keeps a token that says so until it expires, and a user moved in
+        needs a new token (a new log-in), so that either change holds at once.
+        """
         user, claims = await self.authenticate_with_claims()
         if claims.get("staff") is not True or user.group != STAFF:
             raise ApiError(403, STAFF_ONLY)
