@@ -178,6 +178,22 @@ async def test_circle_with_nobody_new_widens_at_once(tmp_path: Path, start: Star
     assert time.monotonic() - began < 30  # not after an offer_timeout of 60 s
 
 
+async def test_driver_beyond_max_radius_is_never_offered_the_trip(
+        tmp_path: Path, start: Start) -> None:
+    """The circles widen 300 -> 600 -> 1000 m (capped, not 1200) in the first round, and
+    stay at 1000 m in every later one: a driver at 1.1 km is never offered the trip, and
+    it is canceled unmatched at max_wait."""
+    server = await start(nearest(tmp_path, batch=1, radius_m=300, max_radius_m=1000,
+                                 offer_timeout=0.3, max_wait=1.5))
+    _, beyond = await driver_at(server, "beyond", 1100)
+    passenger = await rider(server)
+    trip = await request(passenger)
+    canceled = await expect(passenger, "trip.updated", timeout=10)  # after several rounds
+    assert canceled["id"] == trip["id"] and canceled["status"] == "CANCELED"
+    assert await expect(passenger, "trip.unmatched") == {"id": trip["id"]}
+    await beyond.nothing(0.1)
+
+
 async def test_claim_by_an_offered_driver_wins_and_the_others_hear_taken(
         tmp_path: Path, start: Start) -> None:
     server = await start(nearest(tmp_path, batch=3))

@@ -44,6 +44,9 @@ class Hub:
         self.broker.receiver = self.deliver_local
         self.groups: dict[str, set[Member]] = {}
         self._subscribing: dict[str, asyncio.Future[None]] = {}
+        # Groups of the server's own listeners (plugins' command channels), not clients:
+        # what is sent there is no frame out, and no fan-out.
+        self.internal: set[str] = set()
 
     async def start(self) -> None:
         await self.broker.start()
@@ -74,6 +77,12 @@ class Hub:
             if self._subscribing.get(group) is pending:
                 del self._subscribing[group]
             pending.set_result(None)
+
+    async def join_listener(self, member: Member, group: str) -> None:
+        """`join` for a member that is no client: the group's sends are not counted in
+        taxi_frames_out_total nor taxi_fanout_size, which tell of frames to clients."""
+        self.internal.add(group)
+        await self.join(member, group)
 
     async def leave(self, member: Member, group: str) -> None:
         members = self.groups.get(group)
@@ -150,6 +159,8 @@ class Hub:
                     plain = text_frame(payload)
                 member.deliver(plain)
             delivered += 1
+        if group in self.internal:
+            return delivered
         metrics.FANOUT_SIZE.observe(delivered)
         if delivered:
             metrics.group_frames_out(payload).inc(delivered)

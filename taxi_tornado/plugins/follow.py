@@ -54,7 +54,7 @@ async def unfollow(hub: Hub, trip_id: str) -> None:
 
 async def listen_for_follows(context: PluginContext) -> None:
     """Start-up: put this process's FollowListener in the `trips:follow` group."""
-    await context.hub.join(FollowListener(context.hub, context.store), FOLLOW)
+    await context.hub.join_listener(FollowListener(context.hub, context.store), FOLLOW)
 
 
 class FollowListener:
