@@ -127,7 +127,7 @@ HANDSHAKES_REFUSED = Counter(
     "taxi_handshakes_refused", "WebSocket upgrades refused.", ["reason"]
 )
 FRAMES_IN = HotCounter("taxi_frames_in", "Frames received, by message type.", "type")
-FRAMES_OUT = HotCounter("taxi_frames_out", "Frames sent, by message type.", "type")
+FRAMES_OUT = HotCounter("taxi_frames_out", "Frames sent to clients, by message type.", "type")
 ERRORS = Counter("taxi_errors", "Error frames sent, by code.", ["code"])
 HANDLER_SECONDS = HotHistogram(
     "taxi_handler_seconds",

@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from taxi_tornado.settings import SettingsError, load_settings
 from taxi_tornado.store.sqlite import SQLiteStore
 from tests.conftest import PASSWORD, Client, RunningServer, make_settings
+from tests.test_operations import moved, scrape
 
 ADDRESSES = {"pick_up_address": "1 Dock Road", "drop_off_address": "9 Hill Street"}
 
@@ -300,6 +301,27 @@ async def test_overview_counts_connections_drivers_and_trips(server: RunningServ
     body = await overview_until(server, staff_token,
                                 lambda body: body["connections"]["total"] == 0)
     assert body["connections"]["by_version"] == {} and body["drivers"]["connected"] == 0
+
+
+async def test_internal_messages_are_no_frames_out(server: RunningServer) -> None:
+    """`trip.follow` (to every process's follow listener) and `admin.close_user` (to the
+    control listener) reach no client: neither /metrics' taxi_frames_out_total nor the
+    overview's messages count them; the trip's own event is counted."""
+    staff_token = await staff_of(server)
+    rider, rider_token = await server.user("rita")
+    before = await scrape(server.url)
+    phone, _tablet = await server.connect(rider_token), await server.connect(rider_token)
+    await phone.request({"type": "trip.request", "data": ADDRESSES})  # sends trip.follow
+    status, _, _ = await server.fetch(f"/api/admin/user/{rider.id}/disconnect/", "POST", {},
+                                      token=staff_token)
+    assert status == 202 and await phone.closed() == 4000
+    after = await scrape(server.url)
+    assert moved(before, after, "taxi_frames_out_total", type="trip.updated") >= 1
+    for internal in ("trip.follow", "admin.close_user"):
+        assert moved(before, after, "taxi_frames_out_total", type=internal) == 0, internal
+    body = await overview_until(server, staff_token, lambda body: True)
+    assert "trip.follow" not in body["messages"]["out"]
+    assert "admin.close_user" not in body["messages"]["out"]
 
 
 async def test_overview_counts_error_frames_by_code(server: RunningServer) -> None:

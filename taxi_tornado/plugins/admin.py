@@ -48,7 +48,7 @@ async def close_user_sockets(hub: Hub, user_id: str) -> None:
 async def listen_for_commands(hub: Hub) -> ControlListener:
     """Put this process's ControlListener in the `admin:control` group."""
     listener = ControlListener(hub)
-    await hub.join(listener, CONTROL)
+    await hub.join_listener(listener, CONTROL)
     return listener
 
 

@@ -171,7 +171,13 @@ class Connection:
 
     def deliver_event(self, frame: bytes, group: str, position: Position) -> None:
         """A group send carrying `position`: written, or held while a resume replays
-        `group`; either way remembered, so that a resume does not send it twice."""
+        `group`; either way remembered, so that a resume does not send it twice.
+
+        The live sends of a group come in offset order (one step numbers and publishes
+        each), so one at or below the last this connection was sent, in the same epoch,
+        was sent already: a resume replayed it before its live copy came (the history
+        is read on another connection than the one live sends come on). It is dropped.
+        """
         held = self._held
         if held is not None:
             waiting = held.get(group)
@@ -185,8 +191,10 @@ class Connection:
         span = received.get(group)
         if span is None or span[1].epoch != position.epoch:
             received[group] = [position, position]
-        else:
+        elif position.offset > span[1].offset:
             span[1] = position
+        else:
+            return  # replayed already
         transport = self._transport
         if transport is None:
             self.deliver(frame)
@@ -228,11 +236,8 @@ class Connection:
                 self._mark_received(group, through, through)
             elif span[1].offset < through.offset:
                 self._mark_received(group, span[0], through)
-        span = self.received(group)
         for position, frame in waiting:
-            if span and span[1].epoch == position.epoch and position.offset <= span[1].offset:
-                continue  # the resume sent it already
-            self.deliver_event(frame, group, position)
+            self.deliver_event(frame, group, position)  # drops those the resume sent
         if group not in self.groups and self._received:  # left while the resume read
             self._received.pop(group, None)
 
