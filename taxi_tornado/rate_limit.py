@@ -15,16 +15,20 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 MAX_ADDRESSES = 10_000
 
 
 class AddressRateLimit:
-    """`per_minute` requests a minute per address, with a burst of as many; 0 = off."""
+    """`per_minute` requests a minute per address, with a burst of as many; 0 = off.
+    `clock` (seconds, monotonic) is there for tests that let an hour pass at once."""
 
-    def __init__(self, per_minute: int, max_addresses: int = MAX_ADDRESSES) -> None:
+    def __init__(self, per_minute: int, max_addresses: int = MAX_ADDRESSES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
         self.max_addresses = max_addresses
+        self._clock = clock
         self._per_second = per_minute / 60
         # address -> (tokens, when they were counted); oldest use first.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -37,7 +41,7 @@ class AddressRateLimit:
         if self.per_minute <= 0:
             return 0
         address = client_key(address)
-        now = time.monotonic()
+        now = self._clock()
         tokens, stamp = self._buckets.pop(address, (float(self.per_minute), now))
         tokens = min(float(self.per_minute), tokens + (now - stamp) * self._per_second)
         wait = 0
