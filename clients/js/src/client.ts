@@ -1,0 +1,372 @@
+import { backoff } from "./backoff.js";
+import { TaxiError } from "./error.js";
+import { Positions, type Frame } from "./positions.js";
+import { KEYED_TYPES, type Events, type Replies, type Requests } from "./protocol.js";
+import { tokenExpiry } from "./token.js";
+
+/** Where the client is: it moves between the first three by itself until `close()`. */
+export type ClientState = "connecting" | "connected" | "disconnected" | "closed";
+
+/** The part of a WebSocket the client uses: browsers', React Native's and `ws`'s fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onopen: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onmessage: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onclose: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onerror: ((event: any) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string, protocols: string[]) => WebSocketLike;
+
+export interface TaxiClientOptions {
+  /** The socket endpoint, e.g. "wss://taxi.example.com/taxi/"; never with a token in it. */
+  url: string;
+  /** A valid access JWT: called before every connect and again before the token's exp. */
+  getToken: () => string | Promise<string>;
+  /** A WebSocket constructor; default globalThis.WebSocket (on Node 20 pass `ws`'s). */
+  WebSocket?: WebSocketConstructor;
+  /** Milliseconds: the first backoff ceiling, and the largest. */
+  reconnect?: { minDelay?: number; maxDelay?: number };
+  /** Milliseconds a request waits for its reply, from the `request()` call. */
+  requestTimeout?: number;
+}
+
+/** The data of `session.resumed`: per group listed, whether its events were replayed. */
+export interface Resumed {
+  groups: Record<string, { recovered: boolean; missed: number }>;
+}
+
+/** The client's own events, beside every event type the server sends. */
+export interface ClientEvents {
+  state: ClientState;
+  resumed: Resumed;
+  /** A socket closed (not by `close()`); 1008 and 1009 mean the app sent what it must not. */
+  disconnect: { code: number; reason: string };
+  /** Something failed without a request to reject: `getToken()`, a refresh, an error frame. */
+  error: { code: string; detail: string; errors?: Record<string, string[]> };
+}
+
+type Listener = (data: never, frame: Frame) => void;
+
+interface Pending {
+  /** Encoded once, so that a resend is the same frame with the same `key`. */
+  frame: string;
+  keyed: boolean;
+  /** The socket it went out on; anything else means it still has to go. */
+  socket: WebSocketLike | undefined;
+  resolve(data: unknown): void;
+  reject(error: TaxiError): void;
+  timer: unknown;
+}
+
+const KEYED = new Set(KEYED_TYPES);
+const QUEUE_LIMIT = 100;
+const REFRESH_MARGIN = 60_000;
+
+/**
+ * One logical session with a taxi_tornado server, kept alive over any number of sockets
+ * (PROTOCOL.md, "Sessions that survive a phone"): it reconnects with backoff, resumes
+ * every group it heard from, keeps its token fresh on the live socket, and sends again
+ * the keyed requests whose replies a dropped link took.
+ */
+export class TaxiClient {
+  private readonly options: TaxiClientOptions;
+  private readonly WS: WebSocketConstructor;
+  private readonly listeners = new Map<string, Set<Listener>>();
+  private readonly pending = new Map<number, Pending>();
+  private readonly positions = new Positions();
+  private current: ClientState = "disconnected";
+  private socket: WebSocketLike | undefined; // the newest socket, open or opening
+  private live: WebSocketLike | undefined; // the same, once open
+  private token = "";
+  private attempt = 0;
+  private nextId = 1;
+  private opened = false; // a socket has opened: every later one resumes
+  private refreshing = false;
+  private timer: unknown; // the wait before the next dial
+  private refreshTimer: unknown;
+  private waiters: Array<[() => void, (error: TaxiError) => void]> = [];
+
+  constructor(options: TaxiClientOptions) {
+    const WS = options.WebSocket || (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) throw new TypeError("no WebSocket here: pass one as options.WebSocket (on Node 20, the ws package's)");
+    this.options = options;
+    this.WS = WS;
+  }
+
+  get state(): ClientState {
+    return this.current;
+  }
+
+  /**
+   * Resolves once a socket is open. Called while the client waits to reconnect, it
+   * dials at once: call it when the device's network comes back.
+   */
+  connect(): Promise<void> {
+    if (this.current === "closed") return Promise.reject(closedError());
+    if (this.live) return Promise.resolve();
+    const opened = new Promise<void>((resolve, reject) => this.waiters.push([resolve, reject]));
+    if (this.current === "disconnected") void this.dial();
+    return opened;
+  }
+
+  /** Closes for good: no reconnect, and every request waiting rejects with `closed`. */
+  close(): void {
+    if (this.current === "closed") return;
+    clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
+    this.setState("closed");
+    const socket = this.socket;
+    this.socket = this.live = undefined;
+    if (socket) socket.close(1000);
+    for (const id of this.pending.keys()) this.settle(id, closedError());
+    for (const [, reject] of this.waiters.splice(0)) reject(closedError());
+  }
+
+  /** Listen to `type`: the client's own events or any event type the server sends. */
+  on<K extends keyof ClientEvents>(type: K, listener: (data: ClientEvents[K]) => void): () => void;
+  on<K extends keyof Events & string>(type: K, listener: (data: Events[K], frame: Frame) => void): () => void;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  on(type: string, listener: (data: any, frame: Frame) => void): () => void;
+  on(type: string, listener: Listener): () => void {
+    let set = this.listeners.get(type);
+    if (!set) this.listeners.set(type, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set!.delete(listener);
+    };
+  }
+
+  /**
+   * Send `{type, data, id}` (and a fresh `key` for keyed types) and resolve with the
+   * reply's data, or reject with a TaxiError. While no socket is open the request waits
+   * in a queue of at most 100 and goes out once one is.
+   */
+  request<K extends keyof Requests & string>(type: K, data: Requests[K], options?: { timeout?: number }): Promise<Replies[K]>;
+  request(type: string, data?: unknown, options?: { timeout?: number }): Promise<unknown>;
+  request(type: string, data?: unknown, options: { timeout?: number } = {}): Promise<unknown> {
+    const timeout = options.timeout ?? this.options.requestTimeout ?? 10_000;
+    return new Promise((resolve, reject) => this.send(type, data, timeout, resolve, reject));
+  }
+
+  private send(type: string, data: unknown, timeout: number, resolve: (data: unknown) => void, reject: (error: TaxiError) => void): void {
+    if (this.current === "closed") return reject(closedError());
+    if (!this.live && this.pending.size >= QUEUE_LIMIT) {
+      return reject(new TaxiError("queue_full", `${QUEUE_LIMIT} requests already wait for a connection`));
+    }
+    const id = this.nextId++;
+    const keyed = KEYED.has(type);
+    const frame: Record<string, unknown> = { type, data, id };
+    if (keyed) frame.key = newKey();
+    const timer = setTimeout(() => this.settle(id, new TaxiError("timeout", `no reply to ${type} within ${timeout} ms`)), timeout);
+    const request: Pending = { frame: JSON.stringify(frame), keyed, socket: undefined, resolve, reject, timer };
+    this.pending.set(id, request);
+    this.transmit(request);
+  }
+
+  private transmit(request: Pending): void {
+    const live = this.live;
+    if (!live || request.socket === live) return;
+    request.socket = live;
+    live.send(request.frame);
+  }
+
+  private settle(id: number, error: TaxiError | undefined, data?: unknown): void {
+    const request = this.pending.get(id);
+    if (!request) return;
+    this.pending.delete(id);
+    clearTimeout(request.timer);
+    if (error) request.reject(error);
+    else request.resolve(data);
+  }
+
+  private async dial(): Promise<void> {
+    clearTimeout(this.timer);
+    this.setState("connecting");
+    let token: string;
+    try {
+      token = await this.options.getToken();
+    } catch (error) {
+      this.emit("error", { code: "token_unavailable", detail: String(error) });
+      return this.retry(0);
+    }
+    if (this.current !== "connecting") return; // closed meanwhile
+    let socket: WebSocketLike;
+    try {
+      // The token travels as a subprotocol, never in the URL (access logs keep URLs).
+      socket = new this.WS(this.options.url, ["taxi.v2", `bearer.${token}`]);
+    } catch (error) {
+      this.emit("error", { code: "connect_failed", detail: String(error) });
+      return this.retry(0);
+    }
+    this.socket = socket;
+    this.token = token;
+    socket.onopen = () => this.onOpen(socket);
+    socket.onmessage = (event) => {
+      if (socket === this.live) this.onFrame(event.data);
+    };
+    socket.onclose = (event) => this.onClose(socket, event.code, String(event.reason || ""));
+    socket.onerror = () => {}; // a close follows
+  }
+
+  private onOpen(socket: WebSocketLike): void {
+    if (socket !== this.socket) return;
+    this.live = socket;
+    this.attempt = 0;
+    // The resume goes first: a live event that beat it could otherwise pass older ones.
+    if (this.opened) this.resume();
+    this.opened = true;
+    for (const request of this.pending.values()) this.transmit(request);
+    this.scheduleRefresh(0);
+    this.setState("connected");
+    for (const [resolve] of this.waiters.splice(0)) resolve();
+  }
+
+  private resume(): void {
+    const positions = this.positions.resume();
+    const release = () => this.positions.release((frame) => this.deliver(frame));
+    const resumed = (data: unknown) => {
+      release();
+      this.emit("resumed", data);
+    };
+    this.send("session.resume", { positions }, this.options.requestTimeout ?? 10_000, resumed, release);
+  }
+
+  private onFrame(raw: unknown): void {
+    let frame: Frame;
+    try {
+      frame = JSON.parse(String(raw));
+    } catch {
+      return;
+    }
+    if (!frame || typeof frame.type !== "string") return;
+    if (frame.id != null && !frame.pos) return this.onReply(frame);
+    if (frame.type === "auth.expired") void this.refresh();
+    this.positions.accept(frame, (event) => this.deliver(event));
+  }
+
+  /** A frame with an `id` answers one of ours; one nobody waits for any more is dropped. */
+  private onReply(frame: Frame): void {
+    const id = Number(frame.id);
+    const request = this.pending.get(id);
+    if (!request) return;
+    if (frame.type !== "error") return this.settle(id, undefined, frame.data);
+    const data = (frame.data || {}) as { code?: string; detail?: string; errors?: Record<string, string[]> };
+    if (data.code === "in_progress" && request.keyed) {
+      // The first copy (sent before the link dropped) is still being handled: ask again.
+      request.socket = undefined;
+      setTimeout(() => this.pending.get(id) === request && this.transmit(request), 250);
+      return;
+    }
+    this.settle(id, new TaxiError(data.code || "error", data.detail || "", data.errors));
+  }
+
+  private deliver(frame: Frame): void {
+    this.emit(frame.type, frame.data, frame);
+  }
+
+  private onClose(socket: WebSocketLike, code: number, reason: string): void {
+    if (socket !== this.socket) return;
+    this.socket = this.live = undefined;
+    clearTimeout(this.refreshTimer);
+    this.refreshing = false;
+    this.positions.drop();
+    for (const [id, request] of this.pending) {
+      if (!request.socket) continue;
+      if (code === 1009) {
+        this.settle(id, new TaxiError("too_big", "the server closed the link over a frame larger than it takes (1009); not sent again"));
+      } else if (!request.keyed) {
+        this.settle(id, new TaxiError("disconnected", "the link dropped before the reply; the request may or may not have been handled"));
+      }
+    }
+    this.emit("disconnect", { code, reason });
+    if (this.current !== "closed") this.retry(code);
+  }
+
+  /**
+   * Wait, then dial again. 4001 (the token expired) dials at once, with a token fetched
+   * first; 1008 and 1009 (the app sent what it must not) wait at least half of maxDelay.
+   */
+  private retry(code: number): void {
+    this.setState("disconnected");
+    const { minDelay = 500, maxDelay = 20_000 } = this.options.reconnect || {};
+    let delay = backoff(this.attempt++, minDelay, maxDelay);
+    if (code === 4001) delay = 0;
+    if (code === 1008 || code === 1009) delay = maxDelay / 2 + delay / 2;
+    this.timer = setTimeout(() => void this.dial(), delay);
+  }
+
+  /** Refresh before the token's exp: a minute before, or a quarter of its life if shorter. */
+  private scheduleRefresh(atLeast: number): void {
+    clearTimeout(this.refreshTimer);
+    const exp = tokenExpiry(this.token);
+    if (!this.live || exp === undefined) return;
+    const left = exp - Date.now();
+    const delay = Math.max(atLeast, left - Math.min(REFRESH_MARGIN, left / 4));
+    this.refreshTimer = setTimeout(() => void this.refresh(), delay);
+  }
+
+  private async refresh(): Promise<void> {
+    const socket = this.live;
+    if (!socket || this.refreshing) return;
+    this.refreshing = true;
+    clearTimeout(this.refreshTimer);
+    let token: string;
+    try {
+      token = await this.options.getToken();
+    } catch (error) {
+      this.refreshing = false;
+      this.emit("error", { code: "token_unavailable", detail: String(error) });
+      return this.scheduleRefresh(5_000);
+    }
+    if (socket !== this.live) return;
+    const done = (error?: TaxiError) => {
+      if (socket !== this.live) return;
+      this.refreshing = false;
+      if (error) this.emit("error", { code: error.code, detail: error.detail });
+      else this.token = token;
+      this.scheduleRefresh(error ? 5_000 : 1_000);
+    };
+    this.send("auth.refresh", { token }, this.options.requestTimeout ?? 10_000, () => done(), done);
+  }
+
+  private setState(state: ClientState): void {
+    if (state === this.current) return;
+    this.current = state;
+    this.emit("state", state);
+  }
+
+  private emit(type: string, data: unknown, frame?: Frame): void {
+    const set = this.listeners.get(type);
+    if (!set) return;
+    for (const listener of [...set]) {
+      try {
+        (listener as (data: unknown, frame?: Frame) => void)(data, frame);
+      } catch (error) {
+        // One failing listener must not stop the others nor the client: report it.
+        setTimeout(() => {
+          throw error;
+        });
+      }
+    }
+  }
+}
+
+function closedError(): TaxiError {
+  return new TaxiError("closed", "the client was closed");
+}
+
+/** A fresh idempotency key: a UUID where the platform has one, else 128 random bits. */
+function newKey(): string {
+  const crypto = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  if (crypto && crypto.randomUUID) return crypto.randomUUID();
+  let key = "";
+  for (let i = 0; i < 32; i++) key += ((Math.random() * 16) | 0).toString(16);
+  return key;
+}

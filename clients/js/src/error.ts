@@ -1,0 +1,23 @@
+/** Field errors of an `invalid` reply: the top-level field of `data` to its messages. */
+export type FieldErrors = Record<string, string[]>;
+
+/**
+ * Why a request failed. `code` is the server's error code (PROTOCOL.md, Errors) or one
+ * of the client's own: `timeout` (no reply in time), `closed` (after `close()`),
+ * `disconnected` (the link dropped before the reply of a request that is not safe to
+ * send twice), `queue_full` (more than 100 requests waiting for a socket) and
+ * `too_big` (the server closed the link with 1009 while the request was in flight).
+ */
+export class TaxiError extends Error {
+  readonly code: string;
+  readonly detail: string;
+  readonly errors: FieldErrors;
+
+  constructor(code: string, detail: string, errors: FieldErrors = {}) {
+    super(`${code}: ${detail}`);
+    this.name = "TaxiError";
+    this.code = code;
+    this.detail = detail;
+    this.errors = errors;
+  }
+}
