@@ -77,7 +77,8 @@ def build_services(settings: Settings, registry: Registry | None = None,
         registry, plugins = load_plugins(settings=settings.plugins)
     store = open_store(settings.store_url)
     hub = Hub(build_broker(settings.hub.url, settings.hub.prefix,
-                           HistoryLimits(settings.hub.history_size, settings.hub.history_ttl)))
+                           HistoryLimits(settings.hub.history_size, settings.hub.history_ttl,
+                                         settings.hub.history_bytes)))
     return Services(
         settings=settings,
         store=store,

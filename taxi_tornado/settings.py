@@ -82,6 +82,7 @@ class HubSettings:
     prefix: str = "taxi"
     history_size: int = 100
     history_ttl: float = 300.0
+    history_bytes: int = 1048576
 
 
 @dataclass(frozen=True)
@@ -379,6 +380,7 @@ def _validate(s: Settings) -> None:
         (bool(s.hub.prefix), "hub.prefix: must not be empty"),
         (0 <= s.hub.history_size <= 10000, "hub.history_size: must be from 0 to 10000"),
         (s.hub.history_ttl > 0, "hub.history_ttl: must be a positive number of seconds"),
+        (s.hub.history_bytes >= 1, "hub.history_bytes: must be at least 1"),
         (s.auth.refresh_grace >= 0, "auth.refresh_grace: must not be negative"),
         (not s.store.url or s.store.url.startswith(STORE_SCHEMES),
          f"store.url: must start with one of {', '.join(STORE_SCHEMES)}, got {s.store.url!r}"),

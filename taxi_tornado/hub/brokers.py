@@ -70,6 +70,10 @@ class Broker(abc.ABC):
         cannot give every one of them."""
         return dict.fromkeys(positions)
 
+    async def end(self, group: str) -> None:
+        """`group` had its last event: keep its counter only as long as its events."""
+        return None
+
 
 class MemoryBroker(Broker):
     """The default: one process is the whole world; history is a ring buffer per group."""
@@ -91,3 +95,6 @@ class MemoryBroker(Broker):
             return dict.fromkeys(positions)
         return {group: history.since(group, position) for group, position in positions.items()}
 
+    async def end(self, group: str) -> None:
+        if self.history is not None:
+            self.history.end(group)

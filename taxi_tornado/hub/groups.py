@@ -122,6 +122,14 @@ class Hub:
         metrics.HUB_PUBLISHED.inc()
         return delivered
 
+    async def end(self, group: str) -> None:
+        """`group` will hear no more (a trip that ended): its history, counter included,
+        lives only hub.history_ttl after its last send, not a day, on every process.
+
+        A send after this is numbered as before (the counter goes on while it lives).
+        """
+        await self.broker.end(group)
+
     async def replay(self, positions: Mapping[str, Position]) -> dict[str, Replay | None]:
         """For each group, the events after its position, or None when the history no
         longer holds all of them (unknown epoch, too many, too old)."""

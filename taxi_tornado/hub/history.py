@@ -1,11 +1,17 @@
 """Positions in a group's history, and the in-process history (PROTOCOL.md, Sessions).
 
 Every group send takes the group's next offset; the last `size` events of a group, at
-most `ttl` seconds old, can be replayed to a client that comes back with its position.
-An epoch names one unbroken history: when it is lost, the epoch changes and offsets
-restart from 1. The counter of a group outlives its events (for META_TTL seconds after
-its last send), so a group whose history expired keeps counting. The in-process history
-remembers at most MAX_GROUPS counters, forgetting the group silent the longest first.
+most `ttl` seconds old and together at most `bytes` long, can be replayed to a client
+that comes back with its position. An epoch names one unbroken history: when it is
+lost, the epoch changes and offsets restart from 1. The counter of a group outlives its
+events (for META_TTL seconds after its last send), so a group whose history expired
+keeps counting; the counter of a group that has ended (a trip's group after its last
+event: `end`) lives only as long as its events, so that trips nobody took leave nothing
+behind for a day. The in-process history remembers at most MAX_GROUPS counters,
+forgetting the group silent the longest first.
+
+Events are kept without gaps: an event longer than `bytes` is sent but not kept, and
+the events before it go too (no client could replay past the missing one).
 
 The Redis broker keeps the same history in Redis (hub/redis_history.py); both answer
 `since()` with the same rule, written once here in `replay_from`.
@@ -41,13 +47,15 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class HistoryLimits:
-    """hub.history_size events per group, at most hub.history_ttl seconds old.
+    """hub.history_size events per group, at most hub.history_ttl seconds old and
+    hub.history_bytes long together.
 
     A size of 0 turns history off: no positions, and every resume is `recovered: false`.
     """
 
     size: int = 100
     ttl: float = 300.0
+    bytes: int = 1024 * 1024
 
     @property
     def enabled(self) -> bool:
@@ -111,24 +119,41 @@ def new_epoch() -> str:
 class GroupHistory:
     """One group in this process: its counter, epoch and last events."""
 
-    __slots__ = ("epoch", "events", "last_send", "offset")
+    __slots__ = ("ended", "epoch", "events", "kept_bytes", "last_send", "offset")
 
     def __init__(self) -> None:
         self.epoch = new_epoch()
         self.offset = 0
         self.last_send = 0.0
-        # (offset, monotonic time, payload), oldest first; None once they expired, so
-        # that a counter alone costs no ring buffer.
+        # (offset, monotonic time, payload), oldest first, without gaps; None once they
+        # expired, so that a counter alone costs no buffer.
         self.events: deque[tuple[int, float, bytes]] | None = None
+        self.kept_bytes = 0  # the payloads' length in `events`
+        self.ended = False  # the counter goes with the events (MemoryHistory.end)
+
+    def keep(self, now: float, payload: bytes, limits: HistoryLimits) -> None:
+        """Keep the event just numbered, the oldest going first past size or bytes."""
+        events = self.events
+        if events is None:
+            events = self.events = deque()
+        if len(payload) > limits.bytes:  # sent, not kept; nobody can replay past it
+            events.clear()
+            self.kept_bytes = 0
+            return
+        events.append((self.offset, now, payload))
+        self.kept_bytes += len(payload)
+        while len(events) > limits.size or self.kept_bytes > limits.bytes:
+            self.kept_bytes -= len(events.popleft()[2])
 
 
 class MemoryHistory:
     """The in-process history: a ring buffer per group.
 
     Memory stays bounded without a timer: each append first forgets the events of groups
-    silent for longer than the ttl, and the counters of groups silent for longer than
-    META_TTL (two dicts in order of last send, swept from their old end); a new group
-    past `max_groups` pushes out the one silent the longest.
+    silent for longer than the ttl (and the counters of those that ended), and the
+    counters of groups silent for longer than META_TTL (two dicts in order of last send,
+    swept from their old end); a new group past `max_groups` pushes out the one silent
+    the longest.
     """
 
     def __init__(self, limits: HistoryLimits, max_groups: int = MAX_GROUPS) -> None:
@@ -148,12 +173,20 @@ class MemoryHistory:
             self._groups.move_to_end(group)
         history.offset += 1
         history.last_send = now
-        if history.events is None:
-            history.events = deque(maxlen=self.limits.size)
-        history.events.append((history.offset, now, payload))
+        history.keep(now, payload, self.limits)
         self._with_events[group] = history
         self._with_events.move_to_end(group)
         return Position(history.offset, history.epoch)
+
+    def end(self, group: str) -> None:
+        """The group had its last event: its counter goes when its events expire (at
+        once when none is left), not META_TTL after its last send."""
+        history = self._groups.get(group)
+        if history is None:
+            return
+        history.ended = True
+        if group not in self._with_events:
+            del self._groups[group]
 
     def since(self, group: str, position: Position) -> Replay | None:
         history = self._groups.get(group)
@@ -163,6 +196,11 @@ class MemoryHistory:
         kept = [(offset, payload) for offset, at, payload in history.events or ()
                 if offset > position.offset and at >= oldest_allowed]
         return replay_from(position, history.epoch, history.offset, kept)
+
+    def position(self, group: str) -> Position | None:
+        """The group's last position; None when its counter is not (or no longer) kept."""
+        history = self._groups.get(group)
+        return None if history is None else Position(history.offset, history.epoch)
 
     def groups(self) -> int:
         """How many groups' counters are remembered (at most `max_groups`)."""
@@ -184,7 +222,10 @@ class MemoryHistory:
             if history.last_send >= events_cutoff:
                 break
             history.events = None
+            history.kept_bytes = 0
             del self._with_events[group]
+            if history.ended:
+                self._groups.pop(group, None)
         meta_cutoff = now - self.limits.meta_ttl
         while self._groups:
             group, history = next(iter(self._groups.items()))

@@ -20,11 +20,12 @@ async def publish(
     prefix: str = "taxi",
     history_size: int = DEFAULT_LIMITS.size,
     history_ttl: float = DEFAULT_LIMITS.ttl,
+    history_bytes: int = DEFAULT_LIMITS.bytes,
 ) -> int:
     """Send `message` to `group` from any Python process, like Channels' group_send.
 
-    `url`, `prefix`, `history_size` and `history_ttl` are the deployment's hub.url
-    (redis://…), hub.prefix, hub.history_size and hub.history_ttl; every server process
+    `url`, `prefix` and `history_*` are the deployment's hub.url (redis://…), hub.prefix
+    and hub.history_size, hub.history_ttl and hub.history_bytes; every server process
     with members in `group` delivers `message` to them, and v2 members get it with its
     position in the group's history like any group send (a `pos` key of the message is
     replaced). One round trip on a connection of its own, closed before returning;
@@ -34,7 +35,7 @@ async def publish(
     if url.startswith("memory://"):
         raise ValueError("publish() needs a shared hub (redis://…); memory:// is one process")
     message = without_position(message)
-    limits = HistoryLimits(history_size, history_ttl)
+    limits = HistoryLimits(history_size, history_ttl, history_bytes)
     broker = RedisBroker(url, prefix, limits)
     try:
         if limits.enabled:
@@ -49,10 +50,12 @@ async def publish(
 
 def publish_sync(url: str, group: str, message: Any, *, prefix: str = "taxi",
                  history_size: int = DEFAULT_LIMITS.size,
-                 history_ttl: float = DEFAULT_LIMITS.ttl) -> int:
+                 history_ttl: float = DEFAULT_LIMITS.ttl,
+                 history_bytes: int = DEFAULT_LIMITS.bytes) -> int:
     """The blocking twin of publish(), for synchronous code such as a Django view.
 
     Runs its own event loop, so call it from a thread without a running loop.
     """
     return asyncio.run(publish(url, group, message, prefix=prefix,
-                               history_size=history_size, history_ttl=history_ttl))
+                               history_size=history_size, history_ttl=history_ttl,
+                               history_bytes=history_bytes))

@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from taxi_tornado import metrics
 from taxi_tornado.hub.brokers import Broker
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
-from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, RedisHistory
+from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, END, END_SHA, RedisHistory
 from taxi_tornado.hub.redis_link import (
     CONFIRM_TIMEOUT,
     CONNECT_TIMEOUT,
@@ -194,6 +194,17 @@ class RedisBroker(Broker):
         offset, epoch, receivers = await self._run_command(
             "EVALSHA", APPEND_SHA, *arguments, script=APPEND)
         return Position(int(offset), epoch.decode()), int(receivers)
+
+    async def end(self, group: str) -> None:
+        """One END script after the group's last send (on the same connection, so in
+        order); never raises: when Redis cannot take it, the meta hash lives its day."""
+        if self.history is None or not self._link.up:
+            return
+        try:
+            await self._run_command("EVALSHA", END_SHA, *self.history.end_arguments(group),
+                                    script=END)
+        except SendFailed as failure:
+            self._send_failed(failure.error)
 
     async def since(self, positions: Mapping[str, Position]) -> dict[str, Replay | None]:
         """Read in one round trip; when Redis cannot answer in time, nothing is recovered."""

@@ -1,20 +1,31 @@
 """A group's history in Redis: a capped stream beside a meta hash that outlives it.
 
-    <prefix>:meta:<group>     hash {epoch, offset}; lives META_TTL after the last send
-    <prefix>:stream:<group>   stream of the last hub.history_size events, entry id
+    <prefix>:meta:<group>     hash {epoch, offset, bytes, ended}; lives META_TTL after
+                              the last send, or hub.history_ttl once the group ended
+    <prefix>:stream:<group>   stream of the last events, at most hub.history_size of
+                              them and hub.history_bytes long together, entry id
                               <offset>-0, fields t (Redis time, ms) and p (payload);
                               expires hub.history_ttl after the last send
+    <prefix>:sizes:<group>    list of the kept payloads' lengths, oldest first, beside
+                              the stream (same entries, same expiry); `bytes` in the
+                              meta hash is their sum
 
 APPEND is one Lua script (EVALSHA, one round trip): it takes the group's next offset,
-appends the event, and publishes it as a taxi2 message carrying that offset, so Redis's
-publish order is the numbering order on every subscribed process. A meta hash that is
-gone (Redis restarted without persistence, flushed, or the group silent past META_TTL)
-starts a new epoch (the candidate the caller sends) and offsets start again from 1.
+appends the event (dropping the oldest past the size or the bytes; an event longer than
+hub.history_bytes empties the stream, as nobody could replay past it), and publishes it
+as a taxi2 message carrying that offset, so Redis's publish order is the numbering order
+on every subscribed process. A meta hash that is gone (Redis restarted without
+persistence, flushed, or the group silent past its ttl) starts a new epoch (the
+candidate the caller sends) and offsets start again from 1. END marks a group that had
+its last event (a trip that ended): from then on its meta hash lives only as long as
+its events.
 
 READ answers a resume for several groups in one round trip and one snapshot. It returns
 three strings per group (epoch, last offset, and the kept events after the client's
 offset as `<offset> <length>\\n<payload>` one after the other) rather than the stream's
 entries: parsing a hundred entries field by field cost the process several milliseconds.
+The stream id to read from is written by the caller: Lua numbers are doubles, and one of
+10^15 or more would be formatted `1e+15`, which is no stream id.
 """
 
 from __future__ import annotations
@@ -29,29 +40,72 @@ from redis.commands.core import AsyncScript
 
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay, new_epoch, replay_from
 
-# KEYS: meta, stream. ARGV: channel, wire header, payload, size, ttl ms, meta ttl ms,
-# epoch candidate. Returns {offset, epoch, receivers}.
+# KEYS: meta, stream, sizes. ARGV: channel, wire header, payload, size, ttl ms, meta ttl
+# ms, epoch candidate, bytes. Returns {offset, epoch, receivers}.
 APPEND = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'ended', 'bytes')
+local epoch = meta[1]
 if not epoch then
   epoch = ARGV[7]
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 't', ms, 'p', ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if meta[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
+local payload = ARGV[3]
+local length = string.len(payload)
+local limit = tonumber(ARGV[8])
+if length > limit then
+  redis.call('DEL', KEYS[2], KEYS[3])
+else
+  local kept = 0
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    kept = tonumber(meta[3] or '0')
+  else
+    redis.call('DEL', KEYS[2])
+  end
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('XADD', KEYS[2], offset .. '-0', 't', ms, 'p', payload)
+  local count = redis.call('RPUSH', KEYS[3], length)
+  kept = kept + length
+  local first = offset - count + 1
+  while count > tonumber(ARGV[4]) or kept > limit do
+    kept = kept - tonumber(redis.call('LPOP', KEYS[3]))
+    count = count - 1
+  end
+  if offset - count + 1 > first then
+    redis.call('XTRIM', KEYS[2], 'MINID', (offset - count + 1) .. '-0')
+  end
+  redis.call('HSET', KEYS[1], 'bytes', kept)
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
 local receivers = redis.call('PUBLISH', ARGV[1],
-  ARGV[2] .. ' ' .. offset .. ' ' .. epoch .. '\\n' .. ARGV[3])
+  ARGV[2] .. ' ' .. offset .. ' ' .. epoch .. '\\n' .. payload)
 return {offset, epoch, receivers}
 """
 APPEND_SHA = hashlib.sha1(APPEND.encode()).hexdigest()
 
-# KEYS: meta and stream of each group in turn. ARGV: the offset to read after, per group,
-# then the history's size and ttl in ms. Returns {epoch, offset, events} per group.
+# KEYS: meta. ARGV: ttl ms. A group unknown here (its history expired) stays unknown.
+END = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'ended', 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 0
+"""
+END_SHA = hashlib.sha1(END.encode()).hexdigest()
+# The largest offset a group can reach (HINCRBY's); a client's offset past it is clamped,
+# so that the stream id read from stays valid (and the resume is not recovered).
+MAX_OFFSET = 2**63 - 1
+
+# KEYS: meta and stream of each group in turn. ARGV: the stream id to read from, per
+# group, then the history's size and ttl in ms. Returns {epoch, offset, events} per group.
 READ = """
 local now = redis.call('TIME')
 local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -60,7 +114,7 @@ local size = ARGV[#ARGV - 1]
 local out = {}
 for i = 1, #KEYS, 2 do
   local meta = redis.call('HMGET', KEYS[i], 'epoch', 'offset')
-  local start = (tonumber(ARGV[(i + 1) / 2]) + 1) .. '-0'
+  local start = ARGV[(i + 1) / 2]
   local parts = {}
   for _, entry in ipairs(redis.call('XRANGE', KEYS[i + 1], start, '+', 'COUNT', size)) do
     local fields = entry[2]
@@ -88,14 +142,21 @@ class RedisHistory:
         self._size = str(limits.size)
         self._ttl_ms = str(math.ceil(limits.ttl * 1000))
         self._meta_ttl_ms = str(math.ceil(limits.meta_ttl * 1000))
+        self._sizes = f"{prefix}:sizes:"
+        self._bytes = str(limits.bytes)
         self._read: AsyncScript | None = None
 
     def append_arguments(
         self, group: str, channel: str, header: bytes, payload: bytes
     ) -> tuple[Any, ...]:
         """The arguments after the script (EVALSHA <sha> or EVAL <script>)."""
-        return (2, self._meta + group, self._stream + group, channel, header, payload,
-                self._size, self._ttl_ms, self._meta_ttl_ms, new_epoch())
+        return (3, self._meta + group, self._stream + group, self._sizes + group, channel,
+                header, payload, self._size, self._ttl_ms, self._meta_ttl_ms, new_epoch(),
+                self._bytes)
+
+    def end_arguments(self, group: str) -> tuple[Any, ...]:
+        """The arguments of END after the script: its meta hash lives as its events."""
+        return (1, self._meta + group, self._ttl_ms)
 
     async def since(
         self, client: Redis, positions: Mapping[str, Position]
@@ -104,7 +165,8 @@ class RedisHistory:
         keys: list[str] = []
         for group in positions:
             keys += (self._meta + group, self._stream + group)
-        arguments = [position.offset for position in positions.values()]
+        arguments = [f"{min(position.offset, MAX_OFFSET) + 1}-0"
+                     for position in positions.values()]
         if self._read is None:
             self._read = client.register_script(READ)  # EVALSHA; EVAL again on NOSCRIPT
         results = await self._read(keys=keys, args=[*arguments, self._size, self._ttl_ms],

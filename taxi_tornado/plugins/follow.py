@@ -48,8 +48,10 @@ async def follow(hub: Hub, user_id: str, trip_id: str) -> None:
 
 
 async def unfollow(hub: Hub, trip_id: str) -> None:
-    """Ask every process to drop its sockets from the group of a trip that has ended."""
+    """Ask every process to drop its sockets from the group of a trip that has ended, and
+    let the group's history go with its events (hub.history_ttl), not a day later."""
     await hub.send(FOLLOW, {"type": UNFOLLOW_TYPE, "data": {"trip": trip_id}})
+    await hub.end(trip_id)
 
 
 async def listen_for_follows(context: PluginContext) -> None:
