@@ -99,7 +99,7 @@ class Server:
             await services.hub.start()
             await services.dispatch.start()
             if self.settings.admin.enabled:
-                await services.monitor.start()
+                await services.monitor.start(sockets)
                 await listen_for_commands(services.hub)
             await services.plugin_tasks.start()
         except BaseException:

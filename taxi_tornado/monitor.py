@@ -69,7 +69,8 @@ COUNTERS: dict[str, Collector] = {
 
 class SocketCensus:
     """This process's open sockets by protocol version, and the distinct drivers and staff
-    behind them, kept as sockets open and close.
+    behind them, kept as sockets open and close. Staff sockets (the operators' own pages)
+    are counted apart: they are not the service's connections.
 
     The operators' view reads them every second; walking every socket for them took about
     4 µs a socket (20 ms of the loop each second at 5,000 sockets, a stall every frame
@@ -77,22 +78,30 @@ class SocketCensus:
     """
 
     def __init__(self) -> None:
-        self._by_version: dict[int, int] = {}
+        self._by_version: dict[int, int] = {}  # riders' and drivers' sockets
+        self.staff_sockets = 0
         self._users: dict[str, dict[str, int]] = {"driver": {}, STAFF: {}}  # id -> sockets
 
     def opened(self, conn: Connection) -> None:
-        self._by_version[conn.version] = self._by_version.get(conn.version, 0) + 1
+        if conn.user.group == STAFF:
+            self.staff_sockets += 1
+        else:
+            self._by_version[conn.version] = self._by_version.get(conn.version, 0) + 1
         users = self._users.get(conn.user.group)
         if users is not None:
             users[conn.user.id] = users.get(conn.user.id, 0) + 1
 
     def closed(self, conn: Connection) -> None:
-        _decrement(self._by_version, conn.version)
+        if conn.user.group == STAFF:
+            self.staff_sockets -= 1
+        else:
+            _decrement(self._by_version, conn.version)
         users = self._users.get(conn.user.group)
         if users is not None:
             _decrement(users, conn.user.id)
 
     def by_version(self) -> dict[str, int]:
+        """Riders' and drivers' sockets by protocol version."""
         return {str(version): count for version, count in sorted(self._by_version.items())}
 
     def users(self, group: str) -> int:
@@ -120,8 +129,12 @@ class Monitor:
         self._nodes: RedisNodes | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self.listen: list[str] = []  # host:port of each listening socket
 
-    async def start(self) -> None:
+    async def start(self, sockets: Iterable[socket.socket] = ()) -> None:
+        """Sample every STATS_INTERVAL; `sockets` are the process's listening sockets,
+        whose addresses the page shows (several processes may run on one host)."""
+        self.listen = [listen_address(sock) for sock in sockets]
         self._nodes = _nodes_for(self.services)
         self._task = asyncio.ensure_future(self._run())
 
@@ -174,10 +187,12 @@ class Monitor:
             "version": __version__,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "listen": self.listen,
             "started": format_time(self.started),
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "sampled": format_time(now()),
-            "connections": {"total": sum(by_version.values()), "by_version": by_version},
+            "connections": {"total": sum(by_version.values()), "by_version": by_version,
+                            "staff": census.staff_sockets},
             "drivers_connected": census.users("driver"),
             "staff_connected": census.users(STAFF),
             "ready": {"store": await self._store_ready(), "hub": services.hub.broker.ready,
@@ -330,12 +345,22 @@ def _person(user: User | None) -> dict[str, str] | None:
     return {"id": user.id, "username": user.username} if user is not None else None
 
 
+def listen_address(sock: socket.socket) -> str:
+    """`host:port` of a listening socket, an IPv6 host in brackets."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _sum_connections(nodes: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Riders' and drivers' sockets by version, and staff sockets apart."""
     by_version: dict[str, int] = {}
+    staff = 0
     for node in nodes:
-        for version, count in node["connections"]["by_version"].items():
+        connections = node["connections"]
+        for version, count in connections["by_version"].items():
             by_version[version] = by_version.get(version, 0) + count
-    return {"total": sum(by_version.values()), "by_version": by_version}
+        staff += connections.get("staff", 0)  # absent from a process of an older release
+    return {"total": sum(by_version.values()), "by_version": by_version, "staff": staff}
 
 
 def _sum_messages(nodes: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -270,7 +270,7 @@ async def test_overview_counts_connections_drivers_and_trips(server: RunningServ
 
     body = await overview_until(server, staff_token,
                                 lambda body: body["connections"]["total"] == 3)
-    assert body["connections"] == {"total": 3, "by_version": {"1": 2, "2": 1}}
+    assert body["connections"] == {"total": 3, "by_version": {"1": 2, "2": 1}, "staff": 0}
     assert body["drivers"]["connected"] == 1 and body["drivers"]["on_trip"] == 1
     assert body["trips"]["by_status"] == {"REQUESTED": 1, "STARTED": 0, "IN_PROGRESS": 1,
                                           "COMPLETED": 1, "CANCELED": 0}
@@ -285,6 +285,7 @@ async def test_overview_counts_connections_drivers_and_trips(server: RunningServ
     assert body["complete"] is True
     node, = body["nodes"]
     assert node["id"] == server.hub.broker.node_id and node["version"]
+    assert node["listen"] == [f"127.0.0.1:{server.port}"]
     assert node["uptime_s"] >= 0 and node["ready"] == {"store": True, "hub": True,
                                                         "draining": False}
     assert body["messages"]["in"]["trip.request"] >= 1
@@ -357,7 +358,9 @@ async def test_staff_socket_hears_every_trip_change(server: RunningServer) -> No
 async def test_staff_socket_gets_stats_every_second(server: RunningServer) -> None:
     staff = await server.connect(await staff_of(server), v2=True)
     first = await next_of(staff, "admin.stats", timeout=3)
-    assert first["data"]["connections"]["by_version"] == {"2": 1}
+    # The operator's own socket is no connection of the service: it is counted apart.
+    assert first["data"]["connections"] == {"total": 0, "by_version": {}, "staff": 1}
+    assert first["data"]["nodes"][0]["connections"]["staff"] == 1
     _, driver_token = await server.user("dan", "driver")
     await server.connect(driver_token, v2=True)
     deadline = time.monotonic() + 3

@@ -75,6 +75,8 @@ async def test_overview_counts_every_process(
         assert len({node["id"] for node in body["nodes"]}) == 2
         assert len({node["pid"] for node in body["nodes"]}) == 2
         assert sorted(node["connections"]["total"] for node in body["nodes"]) == [1, 1]
+        assert sorted(node["listen"] for node in body["nodes"]) == sorted(
+            [[f"127.0.0.1:{a.port}"], [f"127.0.0.1:{b.port}"]])
 
 
 async def test_a_stopped_process_leaves_the_overview(
