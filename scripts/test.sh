@@ -31,11 +31,15 @@ rm -rf "$venv"
 python3 -m venv "$venv"
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
-python -m pip install -q --disable-pip-version-check --upgrade pip
-# The project first, then the example plugin: its dependency on taxi-tornado is then
-# already satisfied by the editable install (a stock pip would look for it on PyPI).
-python -m pip install -q --disable-pip-version-check -e '.[test]'
-python -m pip install -q --disable-pip-version-check -e ./examples/taxi-plugin-sos
+pip_install() { python -m pip install -q --disable-pip-version-check "$@"; }
+# Exact versions, checked by hash (requirements/test.txt; `bash scripts/lock.sh` refreshes
+# it): a release elsewhere never changes what CI runs. The venv's own pip does this, as it
+# comes with the machine's Python: upgrading it would be one more thing left to chance.
+pip_install --require-hashes -r requirements/test.txt
+# Then the project and the example plugin, editable, from what is already installed: no
+# resolution, no download, no build environment of their own.
+pip_install --no-deps --no-build-isolation -e . -e ./examples/taxi-plugin-sos
+python -m pip check --disable-pip-version-check
 
 python -m ruff check taxi_tornado tests bench examples
 python -m mypy

@@ -163,4 +163,4 @@ class DrivingTrips:
                 await asyncio.sleep(RECONNECT_S)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
