@@ -384,6 +384,16 @@ class StoreContract:
         assert unfinished[1].driver_id == driver.id and unfinished[1].rider_id == rider.id
         assert ids(await store.unfinished_trips(2)) == ids(made[:2])
 
+    async def test_users_are_found_by_the_start_of_their_name(self, store: Store) -> None:
+        for name in ("Rita", "rob", "Robert", "roberta", "ola", "\uff32occo"):  # fullwidth R
+            await store.create_user(name, "hash", "rider")
+        found = await store.find_users("RO", 10)
+        assert [user.username for user in found] == ["rob", "Robert", "roberta", "\uff32occo"]
+        assert found[0].group == "rider" and found[0].password_hash == "hash"
+        assert [user.username for user in await store.find_users("rob", 2)] == ["rob", "Robert"]
+        assert await store.find_users("robz", 10) == []
+        assert [user.username for user in await store.find_users("", 2)] == ["ola", "Rita"]
+
 
 async def riders(store: Store, *names: str) -> list[User]:
     return [await store.create_user(name, "hash", "rider") for name in names]

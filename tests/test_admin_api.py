@@ -152,7 +152,8 @@ async def test_riders_and_drivers_get_403_from_every_admin_call(
     _, driver_token = await server.user("dan", "driver")
     trip = await server.store.create_trip(rider.id, "a", "b")
     calls = [("/api/admin/", "GET"), (f"/api/admin/trip/{trip.id}/cancel/", "POST"),
-             (f"/api/admin/user/{rider.id}/disconnect/", "POST")]
+             (f"/api/admin/user/{rider.id}/disconnect/", "POST"),
+             ("/api/admin/users/?q=ri", "GET")]
     for token in (rider_token, driver_token):
         for path, method in calls:
             body = {} if method == "POST" else None
@@ -335,6 +336,48 @@ async def test_overview_counts_error_frames_by_code(server: RunningServer) -> No
     after = (await overview_until(server, staff_token, lambda body: True))["messages"]
     assert after["errors"]["unknown_type"] == before["errors"].get("unknown_type", 0) + 1
     assert after["errors_per_s"]["unknown_type"] > 0
+
+
+# --- finding users ---------------------------------------------------------------------
+
+async def test_staff_find_users_by_the_start_of_their_name(server: RunningServer) -> None:
+    staff_token = await staff_of(server)
+    rita, _ = await server.user("Rita")
+    rick, _ = await server.user("rick", "driver")
+    await server.user("bob")
+    status, body, _ = await server.fetch("/api/admin/users/?q=RI", token=staff_token)
+    assert status == 200
+    assert body["more"] is False
+    assert [(user["id"], user["username"], user["group"]) for user in body["users"]] == [
+        (rick.id, "rick", "driver"), (rita.id, "Rita", "rider")]
+    assert set(body["users"][0]) == {"id", "username", "first_name", "last_name", "group",
+                                     "photo"}
+    status, body, _ = await server.fetch("/api/admin/users?q=nobody", token=staff_token)
+    assert (status, body) == (200, {"users": [], "more": False})
+
+
+async def test_user_search_answers_a_bounded_list(server: RunningServer) -> None:
+    staff_token = await staff_of(server)
+    for number in range(23):
+        await server.store.create_user(f"user{number:02}", "hash", "rider")
+    status, body, _ = await server.fetch("/api/admin/users/?q=user", token=staff_token)
+    assert status == 200 and body["more"] is True
+    assert [user["username"] for user in body["users"]] == [f"user{n:02}" for n in range(20)]
+    status, body, _ = await server.fetch("/api/admin/users/?q=user2", token=staff_token)
+    assert [user["username"] for user in body["users"]] == ["user20", "user21", "user22"]
+    assert body["more"] is False
+
+
+async def test_user_search_wants_a_name(server: RunningServer) -> None:
+    staff_token = await staff_of(server)
+    for query in ("", "?q=", "?q=%20%20"):
+        status, body, _ = await server.fetch(f"/api/admin/users/{query}", token=staff_token)
+        assert (status, body) == (400, {"q": ["This field is required."]})
+    status, body, _ = await server.fetch("/api/admin/users/?q=" + "a" * 151,
+                                         token=staff_token)
+    assert (status, body) == (400, {"q": ["Ensure this field has no more than 150 characters."]})
+    status, body, _ = await server.fetch("/api/admin/users/?q=a")
+    assert status == 401
 
 
 # --- live: the admin group ------------------------------------------------------------

@@ -30,6 +30,8 @@ PAGE_DIR = Path(__file__).resolve().parent.parent / "admin"
 STAFF_ONLY = {"detail": "Only staff can use the admin API."}
 # How a refused staff action maps to HTTP.
 ACTION_STATUS = {"not_found": 404, "conflict": 409, "invalid_transition": 409}
+USER_MATCHES = 20  # users a name search answers with, at most
+MAX_USERNAME = 150
 
 
 def routes(services: Services) -> list[Any]:
@@ -40,6 +42,7 @@ def routes(services: Services) -> list[Any]:
             "path": str(PAGE_DIR), "default_filename": "index.html",
             "policy": content_security_policy(services.settings.admin.tile_url)}),
         (r"/api/admin/?", OverviewHandler, kwargs),
+        (r"/api/admin/users/?", UserSearchHandler, kwargs),
         (r"/api/admin/trip/([^/]+)/cancel/?", TripCancelHandler, kwargs),
         (r"/api/admin/user/([^/]+)/disconnect/?", UserDisconnectHandler, kwargs),
     ]
@@ -98,6 +101,24 @@ class OverviewHandler(AdminApiHandler):
     async def get(self) -> None:
         await self.staff()
         self.write_json(await self.services.monitor.overview())
+
+
+class UserSearchHandler(AdminApiHandler):
+    """Users whose name starts with `q` (ignoring case), by name, at most USER_MATCHES:
+    operators know a user by name, and the actions take the id this gives."""
+
+    async def get(self) -> None:
+        await self.staff()
+        prefix = self.get_query_argument("q", "").strip()
+        if not prefix:
+            raise ApiError(400, {"q": ["This field is required."]})
+        if len(prefix) > MAX_USERNAME:
+            raise ApiError(400, {"q": [f"Ensure this field has no more than {MAX_USERNAME} "
+                                       "characters."]})
+        found = await self.services.store.find_users(prefix, USER_MATCHES + 1)
+        url = base_url(self.request, self.services.settings.server)
+        self.write_json({"users": [user.to_json(url) for user in found[:USER_MATCHES]],
+                         "more": len(found) > USER_MATCHES})
 
 
 class TripCancelHandler(AdminApiHandler):

@@ -237,6 +237,18 @@ class Store(abc.ABC):
     async def unfinished_trips(self, limit: int) -> list[Trip]:
         """The REQUESTED, STARTED and IN_PROGRESS trips, oldest first, at most `limit`."""
 
+    @abc.abstractmethod
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        """Users whose name starts with `prefix`, compared as usernames are (username_key),
+        in that order, at most `limit`: operators look a user up by name, not by id."""
+
+
+def username_range(prefix: str) -> tuple[str, str]:
+    """The keys that start with `prefix`'s key: at least the key, and below the key
+    followed by the last code point (both stores compare keys code point by code point)."""
+    key = username_key(prefix)
+    return key, key + "\U0010ffff"
+
 
 def open_store(url: str) -> Store:
     """Build (not yet open) the store named by `url`."""

@@ -41,6 +41,7 @@ from taxi_tornado.store import (
     new_id,
     now,
     username_key,
+    username_range,
 )
 
 log = logging.getLogger("taxi_tornado.store.mongo")
@@ -232,6 +233,14 @@ class MongoStore(Store):
             cursor = self._trips.find(query).sort(OLDEST_FIRST).limit(limit)
             documents = await cursor.to_list(None)
         return await self._resolve(documents)
+
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        low, high = username_range(prefix)  # a range on the unique username_key index
+        query = {"username_key": {"$gte": low, "$lt": high}}
+        with _driver_errors("cannot find users"):
+            cursor = self._users.find(query).sort("username_key", ASCENDING).limit(limit)
+            documents = await cursor.to_list(None)
+        return [_user(document) for document in documents]
 
     async def _ensure_indexes(self) -> None:
         """Create the indexes once per store; creating an existing index is a no-op."""

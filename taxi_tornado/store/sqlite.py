@@ -25,6 +25,7 @@ from taxi_tornado.store import (
     new_id,
     now,
     username_key,
+    username_range,
 )
 
 SCHEMA = """
@@ -328,6 +329,13 @@ class SQLiteStore(Store):
                  " ORDER BY t.created, t.id LIMIT ?")
         rows = await self._read(query, (*ACTIVE_STATUSES, limit))
         return [_trip(row) for row in rows]
+
+    async def find_users(self, prefix: str, limit: int) -> list[User]:
+        # A range on the unique username_key index, not LIKE (which would scan).
+        query = (f"SELECT {USER_COLUMNS} FROM users WHERE username_key >= ?"
+                 " AND username_key < ? ORDER BY username_key LIMIT ?")
+        rows = await self._read(query, (*username_range(prefix), limit))
+        return [User(*row) for row in rows]
 
 
 class Coalescer(Generic[T]):
