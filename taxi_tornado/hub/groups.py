@@ -32,7 +32,12 @@ class Member(Protocol):
         """Queue an already-built frame; never blocks, never raises for a dead socket."""
 
     def deliver_event(self, frame: bytes, group: str, position: Position) -> None:
-        """Queue the frame of a group send that carries `position` (v2 members)."""
+        """Queue the frame of a group send that carries `position` (v2 members).
+
+        An empty `frame` is a send that left this member out (its sender, answered with
+        a reply instead): nothing to write, but its place is taken, so that a resume of
+        this member does not replay it.
+        """
 
 
 class Hub:
@@ -159,6 +164,8 @@ class Hub:
         delivered = 0
         for member in tuple(members):
             if member.version < min_version or member.id == exclude:
+                if at is not None and member.version >= POSITIONED_VERSION:
+                    member.deliver_event(b"", group, at)  # left out: see Member
                 continue
             if at is not None and member.version >= POSITIONED_VERSION:
                 member.deliver_event(positioned, group, at)

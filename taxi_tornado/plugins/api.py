@@ -171,7 +171,9 @@ class Connection:
 
     def deliver_event(self, frame: bytes, group: str, position: Position) -> None:
         """A group send carrying `position`: written, or held while a resume replays
-        `group`; either way remembered, so that a resume does not send it twice.
+        `group`; either way remembered, so that a resume does not send it twice. An
+        empty `frame` is a send this connection was left out of (it sent the change and
+        got a reply instead): only remembered, so that a resume does not send it either.
 
         The live sends of a group come in offset order (one step numbers and publishes
         each), so one at or below the last this connection was sent, in the same epoch,
@@ -184,7 +186,7 @@ class Connection:
             if waiting is not None:
                 waiting.append((position, frame))
                 return
-        # Per group member and send: _mark_received and deliver, inlined.
+        # Per group member and send: the bookkeeping and deliver(), inlined.
         received = self._received
         if received is None:
             received = self._received = {}
@@ -195,27 +197,32 @@ class Connection:
             span[1] = position
         else:
             return  # replayed already
+        if not frame:
+            return
         transport = self._transport
         if transport is None:
             self.deliver(frame)
         else:
             transport.write_frame(frame)
 
-    def _mark_received(self, group: str, first: Position, last: Position) -> None:
-        received = self._received
-        if received is None:
-            received = self._received = {}
-        span = received.get(group)
-        if span is None or span[1].epoch != last.epoch:
-            received[group] = [first, last]
-        else:
-            span[1] = last
-
     def received(self, group: str) -> tuple[Position, Position] | None:
         """The first and last position of `group` that this connection received, in the
         latest epoch it saw; None before the first."""
         span = self._received.get(group) if self._received else None
         return (span[0], span[1]) if span else None
+
+    def unsent(self, group: str, events: list[tuple[Position, bytes]]
+               ) -> list[tuple[Position, bytes]]:
+        """Those of `events` (a replay of `group`, while it is held) that this
+        connection has neither been sent since its handshake nor been left out of as
+        their sender, in order."""
+        span = self.received(group)
+        held = self._held.get(group) if self._held else None
+        answered = {position for position, frame in held or () if not frame}
+        return [(position, payload) for position, payload in events
+                if position not in answered and not (
+                    span and span[0].epoch == position.epoch
+                    and span[0].offset <= position.offset <= span[1].offset)]
 
     def hold(self, group: str) -> None:
         """Keep `group`'s events back (a resume is reading its history) until release()."""
@@ -231,11 +238,7 @@ class Connection:
         if not self._held:
             self._held = None
         if through is not None:
-            span = self.received(group)
-            if span is None or span[1].epoch != through.epoch:
-                self._mark_received(group, through, through)
-            elif span[1].offset < through.offset:
-                self._mark_received(group, span[0], through)
+            self.deliver_event(b"", group, through)  # the client holds all up to it
         for position, frame in waiting:
             self.deliver_event(frame, group, position)  # drops those the resume sent
         if group not in self.groups and self._received:  # left while the resume read
