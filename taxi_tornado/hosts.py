@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from taxi_tornado.settings import ServerSettings
+from collections.abc import Sequence
+from typing import Protocol
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 # A Host header: a name or IPv4 address, or a bracketed IPv6 address; then maybe a port.
@@ -22,7 +20,18 @@ HOST_HEADER = re.compile(
 )
 
 
-def allowed_hosts(server: ServerSettings) -> frozenset[str] | None:
+class HostSettings(Protocol):
+    """What allowed_hosts reads of the server settings (settings.py imports this module,
+    so it names the fields instead of the class)."""
+
+    @property
+    def allowed_hosts(self) -> Sequence[str]: ...
+
+    @property
+    def host(self) -> str: ...
+
+
+def allowed_hosts(server: HostSettings) -> frozenset[str] | None:
     """The host names requests may carry; None when server.allowed_hosts has `*`."""
     entries = server.allowed_hosts or (*DEFAULT_HOSTS, server.host)
     if "*" in entries:

@@ -24,6 +24,7 @@ import pytest
 from taxi_tornado.hub.redis_history import READ
 from taxi_tornado.settings import Settings
 from tests.conftest import Client, RunningServer, make_settings
+from tests.test_sessions import claimed_trip
 
 Start = Callable[[Settings], Awaitable[RunningServer]]
 REDIS_PORT = 6379
@@ -40,6 +41,7 @@ class PausingProxy:
         self.flowing = {"subscriber": asyncio.Event(), "reader": asyncio.Event()}
         for event in self.flowing.values():
             event.set()
+        self.reads = asyncio.Event()  # set when a READ goes to Redis
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +84,7 @@ class PausingProxy:
                     kinds.add("subscriber")
                 if READ_SHA in data or b"XRANGE" in data:  # EVALSHA, or EVAL after NOSCRIPT
                     kinds.add("reader")
+                    self.reads.set()
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -147,3 +150,27 @@ async def test_live_copies_of_replayed_events_that_come_after_the_resume_are_dro
     later = await until_offset(client, 4)
     assert [frame["pos"]["offset"] for frame in later] == [4], later
     await client.nothing()
+
+
+async def test_a_change_of_the_resuming_socket_heard_while_the_replay_is_read_is_not_replayed(
+    server: RunningServer, proxy: PausingProxy,
+) -> None:
+    """The sender's being left out of its own change (it got the reply) comes on the
+    subscriber link while the resume holds the group: the replay leaves the change out."""
+    rider, driver, trip_id, pos, _ = await claimed_trip(server)
+    proxy.pause("subscriber")
+    reply = await driver.request({"type": "trip.update", "data": {
+        "id": trip_id, "status": "IN_PROGRESS"}})
+    assert reply["type"] == "trip.updated" and "pos" not in reply
+    proxy.pause("reader")
+    proxy.reads.clear()
+    await driver.send({"type": "session.resume", "id": "r", "data": {"positions": {
+        trip_id: {"offset": pos["offset"], "epoch": pos["epoch"]}}}})
+    await proxy.reads.wait()  # the group is held, its history is being read
+    proxy.resume("subscriber")
+    live = await rider.receive()  # handed out with the driver's being left out
+    assert live["pos"]["offset"] == pos["offset"] + 1
+    proxy.resume("reader")
+    assert await driver.receive() == {"type": "session.resumed", "id": "r", "data": {
+        "groups": {trip_id: {"recovered": True, "missed": 0}}}}
+    await driver.nothing()

@@ -267,6 +267,52 @@ async def resume(client: Client, positions: Any) -> Any:
     return await client.request({"type": "session.resume", "data": {"positions": positions}})
 
 
+async def claimed_trip(server: RunningServer) -> tuple[Client, Client, str, Any, str]:
+    """A v2 rider and driver, the driver's claim of the rider's trip, and a notice to the
+    trip's group that both heard: (rider, driver, trip id, its position, driver token)."""
+    _, rider_token = await server.user("rider")
+    _, driver_token = await server.user("driver", "driver")
+    rider = await server.connect(rider_token, v2=True)
+    driver = await server.connect(driver_token, v2=True)
+    trip_id = (await rider.request({"type": "trip.request", "data": {
+        "pick_up_address": "A", "drop_off_address": "B"}}))["data"]["id"]
+    await driver.receive()
+    await driver.request({"type": "trip.update", "data": {"id": trip_id,
+                                                          "status": "STARTED"}})
+    assert (await rider.receive())["data"]["status"] == "STARTED"
+    await server.hub.send(trip_id, {"type": "trip.fare_estimate", "data": 23.5})
+    pos = (await driver.receive())["pos"]
+    assert (await rider.receive())["pos"] == pos
+    return rider, driver, trip_id, pos, driver_token
+
+
+async def test_the_sender_of_a_change_gets_one_frame_for_it_on_its_socket_resume_included(
+    any_hub: RunningServer,
+) -> None:
+    rider, driver, trip_id, pos, token = await claimed_trip(any_hub)
+    reply = await driver.request({"type": "trip.update", "data": {
+        "id": trip_id, "status": "IN_PROGRESS"}})
+    assert reply["type"] == "trip.updated" and "pos" not in reply  # its one frame
+    await driver.send({"type": "driver.location", "data": {"lat": 52.5, "lng": 13.4}})
+    # The rider's frames come in the same hand-out as the driver's being left out.
+    assert [(await rider.receive())["pos"]["offset"] for _ in range(2)] == [
+        pos["offset"] + 1, pos["offset"] + 2]
+
+    reply = await resume(driver, {trip_id: {"offset": pos["offset"], "epoch": pos["epoch"]}})
+    assert reply["data"]["groups"][trip_id] == {"recovered": True, "missed": 0}
+    await driver.nothing()
+
+    # A new socket is not the sender: the replay brings every event after the position
+    # (the old socket's reply carried none, and may have been lost with the link).
+    second = await any_hub.connect(token, v2=True)
+    reply = await resume(second, {trip_id: {"offset": pos["offset"], "epoch": pos["epoch"]}})
+    assert reply["data"]["groups"][trip_id] == {"recovered": True, "missed": 2}
+    replayed = [second.held.popleft() for _ in range(2)]
+    assert [(event["type"], event["pos"]["offset"]) for event in replayed] == [
+        ("trip.updated", pos["offset"] + 1), ("driver.location", pos["offset"] + 2)]
+    await second.nothing()
+
+
 async def test_resume_is_not_recovered_for_unknown_epochs_future_offsets_and_other_groups(
     any_hub: RunningServer,
 ) -> None:

@@ -19,11 +19,29 @@ from taxi_tornado.store import format_time
 
 V2 = 2
 NOT_RECOVERED = {"recovered": False, "missed": 0}
+TIME = {"type": "string", "format": "date-time"}
+POSITION = {"type": "object", "required": ["offset", "epoch"],
+            "properties": {"offset": {"type": "integer", "minimum": 0},
+                           "epoch": {"type": "string"}}}
+RESUME = {"type": "object", "required": ["positions"],
+          "properties": {"positions": {"type": "object", "additionalProperties": POSITION,
+                                       "description": "group: the last position received"}}}
+RESUMED = {"type": "object", "required": ["groups"], "properties": {"groups": {
+    "type": "object", "additionalProperties": {
+        "type": "object", "required": ["recovered", "missed"],
+        "properties": {"recovered": {"type": "boolean"},
+                       "missed": {"type": "integer", "minimum": 0}}}}}}
+REFRESH = {"type": "object", "required": ["token"],
+           "properties": {"token": {"type": "string", "minLength": 1}}}
+REFRESHED = {"type": "object", "required": ["exp"], "properties": {"exp": TIME}}
 
 
 def setup(registry: Registry) -> None:
-    registry.add_message_type("session.resume", resume)
-    registry.add_message_type("auth.refresh", refresh)
+    registry.add_message_type("session.resume", resume, min_version=V2, schema=RESUME,
+                              reply={"session.resumed": RESUMED})
+    registry.add_message_type("auth.refresh", refresh, min_version=V2, schema=REFRESH,
+                              reply={"auth.refreshed": REFRESHED},
+                              events={"auth.expired": REFRESHED})
 
 
 async def resume(conn: Connection, data: Any) -> dict[str, Any]:
@@ -32,8 +50,8 @@ async def resume(conn: Connection, data: Any) -> dict[str, Any]:
     While the history is read, the live events of those groups are held back; after the
     replay they follow, without those the replay already sent.
     """
-    _require_v2(conn, "session.resume")
-    positions = _positions(data)
+    positions = {group: Position(int(position["offset"]), position["epoch"])
+                 for group, position in data["positions"].items()}  # checked: RESUME
     wanted = {group: position for group, position in positions.items()
               if group in conn.groups}
     for group in wanted:
@@ -60,14 +78,10 @@ async def resume(conn: Connection, data: Any) -> dict[str, Any]:
 
 
 def _send_replay(conn: Connection, group: str, replay: Replay) -> int:
-    """Write the replayed events this connection did not receive live, as one write;
-    returns how many."""
-    received = conn.received(group)
+    """Write the replayed events this connection was not sent live, nor left out of as
+    their sender (it got a reply), as one write; returns how many."""
     frames: list[bytes] = []
-    for position, payload in replay.events:
-        if received and received[0].epoch == position.epoch and \
-                received[0].offset <= position.offset <= received[1].offset:
-            continue
+    for position, payload in conn.unsent(group, replay.events):
         spliced = with_position(payload, group, position)
         frames.append(text_frame(spliced if spliced is not None else payload))
     if frames:
@@ -75,43 +89,10 @@ def _send_replay(conn: Connection, group: str, replay: Replay) -> int:
     return len(frames)
 
 
-def _positions(data: Any) -> dict[str, Position]:
-    if not isinstance(data, dict):
-        raise _invalid({"data": ["Expected an object."]})
-    positions = data.get("positions")
-    if not isinstance(positions, dict):
-        raise _invalid({"positions": ["Expected an object of group: position."]})
-    errors: dict[str, list[str]] = {}
-    parsed: dict[str, Position] = {}
-    for group, position in positions.items():
-        field = f"positions.{group}"
-        if not isinstance(position, dict):
-            errors[field] = ["Expected an object with offset and epoch."]
-            continue
-        offset, epoch = position.get("offset"), position.get("epoch")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            errors[f"{field}.offset"] = ["Expected a non-negative integer."]
-        if not isinstance(epoch, str):
-            errors[f"{field}.epoch"] = ["Expected a string."]
-        if isinstance(offset, int) and isinstance(epoch, str):
-            parsed[group] = Position(offset, epoch)
-    if errors:
-        raise _invalid(errors)
-    return parsed
-
-
-def _invalid(errors: dict[str, list[str]]) -> ProtocolError:
-    return ProtocolError("invalid", "The resume request is not valid.", errors)
-
-
 async def refresh(conn: Connection, data: Any) -> dict[str, Any]:
     """A new access token of the same user moves the connection's expiry; an invalid
     one or another user's leaves it as it was."""
-    _require_v2(conn, "auth.refresh")
-    token = data.get("token") if isinstance(data, dict) else None
-    if not isinstance(token, str) or not token:
-        raise ProtocolError("invalid", "The refresh request is not valid.",
-                            {"token": ["This field is required."]})
+    token = data["token"]  # checked: REFRESH
     tokens = TokenAuthority(conn.settings.auth)
     try:
         claims = tokens.verify(token, exp_leeway=0)  # PROTOCOL.md: no leeway here
@@ -129,8 +110,3 @@ async def refresh(conn: Connection, data: Any) -> dict[str, Any]:
 
 def unix_time(moment: float) -> str:
     return format_time(datetime.fromtimestamp(moment, UTC))
-
-
-def _require_v2(conn: Connection, message_type: str) -> None:
-    if conn.version < V2:
-        raise ProtocolError("unknown_type", f"{message_type} needs protocol taxi.v2.")
