@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from taxi_tornado.dispatch.locations import LocationIndex
+from taxi_tornado.dispatch.locations import MAX_INDEXED_LATITUDE, LocationIndex
 
 IndexFactory = Callable[[float], Awaitable[LocationIndex]]
 CENTER = (52.5200, 13.4050)  # Berlin
@@ -203,6 +203,24 @@ class LocationContract:
         await index.connect("polar", 2)
         await index.put("polar", 89.9, 0.0, None)
         assert await index.nearest(89.9, 0.0, 10_000, 5) == []
+
+    async def test_unindexable_position_costs_no_other_drivers_report(
+            self, index: LocationIndex) -> None:
+        """Reports of one moment (Redis writes them as one batch): positions beyond the
+        indexed latitudes are dropped alone, those at its very edge count."""
+        edge = (MAX_INDEXED_LATITUDE, 180.0)
+        for driver_id in ("before", "north pole", "edge", "south pole", "after"):
+            await index.connect(driver_id, 2)
+        await index.put("before", *offset(100, 0), None)
+        await index.put("north pole", 90.0, 13.4, None)
+        await index.put("edge", *edge, None)
+        await index.put("south pole", -89.9, -180.0, None)
+        await index.put("after", *offset(200, 0), None)
+        assert await nearest_ids(index) == ["before", "after"]
+        assert [driver.driver_id for driver in await index.nearest(*edge, 1000, 5)] == [
+            "edge"]
+        census = await index.census()
+        assert (census.located, census.available) == (3, 3)
 
     async def test_agrees_with_brute_force_on_a_random_city(self, index: LocationIndex) -> None:
         rng = random.Random(12)
