@@ -127,10 +127,15 @@ class Server:
         self.http.add_sockets(sockets)
         self.services.keepalive.start()
         self.port = sockets[0].getsockname()[1]
-        log.info("taxi_tornado listening on %s://%s:%s (store %s, hub %s, event loop %s)",
+        # One line says what this process runs: what serves, where data goes, and which
+        # plugins and dispatch mode decide what clients hear (`taxi-tornado check` agrees).
+        log.info("taxi_tornado listening on %s://%s:%s (store %s, hub %s, event loop %s); "
+                 "dispatch mode %s; plugins %s",
                  "https" if server.tls_cert else "http", server.host, self.port,
                  _safe_url(self.settings.store_url), _safe_url(self.settings.hub.url),
-                 type(asyncio.get_running_loop()).__module__.split(".")[0])
+                 type(asyncio.get_running_loop()).__module__.split(".")[0],
+                 self.settings.dispatch.mode,
+                 ", ".join(plugin.name for plugin in services.plugins) or "none")
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         server = self.settings.server

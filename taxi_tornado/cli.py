@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from taxi_tornado import __version__, collector
 from taxi_tornado.app import Server, build_application, listen_sockets
+from taxi_tornado.app import _safe_url as safe_url
 from taxi_tornado.auth import hash_password
 from taxi_tornado.dispatch.service import strategy_factory
 from taxi_tornado.handlers.auth import validate_sign_up
@@ -176,11 +177,17 @@ async def _serve(server: Server) -> int:
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Everything `serve` checks before it binds a port; then what a server would run,
+    in the words of its start-up log line."""
     registry, plugins = load_plugins(settings=settings.plugins)
     strategy_factory(settings, registry)
     build_application(build_services(settings, registry, plugins))
-    print(f"settings OK: store {settings.store_url}, hub {settings.hub.url}, "
-          f"{len(plugins)} plugins")
+    print(f"settings OK: store {safe_url(settings.store_url)}, hub {safe_url(settings.hub.url)}")
+    print(f"dispatch mode {settings.dispatch.mode} "
+          f"(registered: {', '.join(sorted(registry.dispatch_strategies))})")
+    names = ", ".join(plugin.name for plugin in plugins) or "none"
+    disabled = ", ".join(settings.plugins.disabled)
+    print(f"plugins {names}" + (f" (disabled: {disabled})" if disabled else ""))
     return 0
 
 
@@ -233,6 +240,9 @@ def createuser_command(settings: Settings, args: argparse.Namespace) -> int:
         print("taxi-tornado: username: A user with that username already exists.",
               file=sys.stderr)
         return EXIT_USAGE
+    # The id alone on standard output, for scripts; the sentence for people beside it.
+    print(f"created the {args.group} user {args.username!r} (id {user_id}) in "
+          f"{safe_url(settings.store_url)}", file=sys.stderr)
     print(user_id)
     return 0
 

@@ -15,6 +15,7 @@ from urllib.request import Request, urlopen
 
 import pytest
 
+from taxi_tornado.plugins.loader import load_plugins
 from taxi_tornado.settings import Settings, SettingsError, load_settings
 from tests.conftest import PASSWORD, ROOT, ServerProcess, free_port, spawn_server, wait_healthy
 
@@ -107,6 +108,11 @@ def test_cli_bad_setting_stops_with_one_line(tmp_path: Path) -> None:
         "taxi-tornado: server.port: must be an integer, got 'eighty'"]
 
 
+def loaded_plugin_names(disabled: tuple[str, ...] = ()) -> list[str]:
+    """The plugins this environment loads, as the server loads them."""
+    return [plugin.name for plugin in load_plugins(disabled)[1]]
+
+
 def test_cli_check_validates_and_exits(tmp_path: Path) -> None:
     result = cli("check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -114,6 +120,29 @@ def test_cli_check_validates_and_exits(tmp_path: Path) -> None:
     assert not (tmp_path / "taxi-data" / "secret_key").exists()
     bad = cli("check", cwd=tmp_path, env={"TAXI_LOG_LEVEL": "loud"})
     assert bad.returncode == 2 and "log.level" in bad.stderr
+
+
+def test_cli_check_says_the_dispatch_mode_and_the_plugins(tmp_path: Path) -> None:
+    result = cli("check", cwd=tmp_path, env={"TAXI_DISPATCH_MODE": "nearest",
+                                             "TAXI_PLUGINS_DISABLED": "echo"})
+    assert result.returncode == 0, result.stderr
+    registry, loaded = load_plugins(("echo",))
+    plugins = [plugin.name for plugin in loaded]
+    assert "echo" not in plugins and {"trips", "dispatch"} <= set(plugins)
+    strategies = sorted(registry.dispatch_strategies)
+    assert {"broadcast", "nearest"} <= set(strategies)
+    assert result.stdout.splitlines() == [
+        "settings OK: store sqlite:///taxi-data/taxi.db, hub memory://",
+        f"dispatch mode nearest (registered: {', '.join(strategies)})",
+        f"plugins {', '.join(plugins)} (disabled: echo)",
+    ]
+
+
+def test_cli_check_hides_credentials_in_urls(tmp_path: Path) -> None:
+    result = cli("check", cwd=tmp_path, env={"TAXI_HUB_URL": "redis://:s3cret@127.0.0.1:1/0"})
+    assert result.returncode == 0, result.stderr
+    assert "hub redis://***@127.0.0.1:1/0" in result.stdout
+    assert "s3cret" not in result.stdout
 
 
 def test_cli_missing_config_file(tmp_path: Path) -> None:
@@ -125,7 +154,10 @@ def test_createuser_then_log_in_over_http(tmp_path: Path) -> None:
     created = cli("createuser", "dana", "--group", "driver", "--first-name", "Dana",
                   "--password-stdin", cwd=tmp_path, stdin=PASSWORD + "\n")
     assert created.returncode == 0, created.stderr
-    user_id = created.stdout.strip()
+    user_id = created.stdout.strip()  # the id alone, for scripts
+    assert re.fullmatch(r"[0-9a-f-]{36}", user_id), created.stdout
+    assert created.stderr.strip().splitlines()[-1] == (
+        f"created the driver user 'dana' (id {user_id}) in sqlite:///taxi-data/taxi.db")
     again = cli("createuser", "DANA", "--group", "rider", cwd=tmp_path, stdin=PASSWORD + "\n")
     assert again.returncode == 2 and "already exists" in again.stderr
     weak = cli("createuser", "erin", "--group", "rider", cwd=tmp_path, stdin="123\n")
@@ -180,6 +212,18 @@ def test_several_processes_need_a_fixed_port() -> None:
         load_settings(environ={"TAXI_SERVER_PROCESSES": "2", "TAXI_SERVER_PORT": "0",
                                "TAXI_HUB_URL": "redis://127.0.0.1:6379/0"},
                       create_secret=False)
+
+
+def test_start_up_line_names_the_dispatch_mode_and_the_plugins(tmp_path: Path) -> None:
+    server = spawn_server(tmp_path, {"TAXI_DISPATCH_MODE": "nearest",
+                                     "TAXI_PLUGINS_DISABLED": "echo"})
+    try:
+        plugins = ", ".join(loaded_plugin_names(("echo",)))
+        line = next(line for line in server.log().splitlines() if "listening on" in line)
+        assert line.endswith(f"); dispatch mode nearest; plugins {plugins}"), line
+        assert "echo" not in line
+    finally:
+        assert server.stop() == 0
 
 
 @pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
