@@ -8,6 +8,7 @@ Fixtures (their names start with `taxi_`, so they never clash with a project's o
 - `taxi_settings`: the settings the server starts with, shaped like settings.toml
   (`{"plugins": {"sos": {"alert_group": "desk"}}}`). Override the fixture, or mark a test
   `@pytest.mark.taxi_settings(plugins={"sos": {"alert_group": "desk"}})`; the marker wins.
+  Markers of a test, its class and its module all apply, key by key: the nearest wins.
 - `taxi_rider`, `taxi_driver`: a user with an access token on `taxi_server` -> TaxiUser.
 
 A TaxiUser opens sockets (`await user.connect()`, protocol v2 unless `version=1`) and

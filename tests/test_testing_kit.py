@@ -108,6 +108,22 @@ class TestSettingsOverrides:
         assert taxi_server.settings.server.drain_timeout == 1
 
 
+@pytest.mark.taxi_settings(limits={"rate": 5, "burst": 11}, server={"drain_timeout": 3})
+class TestMarkerPrecedence:
+    """The markers of a test and of its class (or module) all apply, key by key; the
+    test's own wins."""
+
+    async def test_class_marker_applies_to_its_tests(self, taxi_server: TaxiServer) -> None:
+        assert (taxi_server.settings.limits.rate, taxi_server.settings.limits.burst) == (5, 11)
+
+    @pytest.mark.taxi_settings(limits={"rate": 9})
+    async def test_test_marker_wins_over_its_class_marker_key_by_key(
+            self, taxi_server: TaxiServer) -> None:
+        settings = taxi_server.settings
+        assert settings.limits.rate == 9
+        assert (settings.limits.burst, settings.server.drain_timeout) == (11, 3)
+
+
 async def test_stop_drains_the_sockets(taxi_server: TaxiServer, taxi_rider: TaxiUser) -> None:
     socket = await taxi_rider.connect()
     await taxi_server.stop()
