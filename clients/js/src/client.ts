@@ -52,7 +52,15 @@ export interface ClientEvents {
   error: { code: string; detail: string; errors?: Record<string, string[]> };
 }
 
-type Listener = (data: never, frame: Frame) => void;
+/** What listeners of `K` get: a client event's data, or an event's as the server declares it. */
+export type EventData<K extends string> = K extends keyof ClientEvents ? ClientEvents[K] : K extends keyof Events ? Events[K] : unknown;
+/** The whole frame for the server's events; nothing for the client's own. */
+export type EventFrame<K extends string> = K extends keyof ClientEvents ? undefined : Frame;
+/** The `data` a request of type `K` takes, and the `data` of its reply. */
+export type RequestData<K extends string> = K extends keyof Requests ? Requests[K] : unknown;
+export type ReplyData<K extends string> = K extends keyof Replies ? Replies[K] : unknown;
+
+type Listener = (data: never, frame: never) => void;
 
 interface Pending {
   /** Encoded once, so that a resend is the same frame with the same `key`. */
@@ -129,11 +137,11 @@ export class TaxiClient {
     for (const [, reject] of this.waiters.splice(0)) reject(closedError());
   }
 
-  /** Listen to `type`: the client's own events or any event type the server sends. */
-  on<K extends keyof ClientEvents>(type: K, listener: (data: ClientEvents[K]) => void): () => void;
-  on<K extends keyof Events & string>(type: K, listener: (data: Events[K], frame: Frame) => void): () => void;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  on(type: string, listener: (data: any, frame: Frame) => void): () => void;
+  /**
+   * Listen to `type`: the client's own events (ClientEvents) or any event type the
+   * server sends, typed from the server's schemas when it declares them (Events).
+   */
+  on<K extends string>(type: K, listener: (data: EventData<K>, frame: EventFrame<K>) => void): () => void;
   on(type: string, listener: Listener): () => void {
     let set = this.listeners.get(type);
     if (!set) this.listeners.set(type, (set = new Set()));
@@ -148,8 +156,7 @@ export class TaxiClient {
    * reply's data, or reject with a TaxiError. While no socket is open the request waits
    * in a queue of at most 100 and goes out once one is.
    */
-  request<K extends keyof Requests & string>(type: K, data: Requests[K], options?: { timeout?: number }): Promise<Replies[K]>;
-  request(type: string, data?: unknown, options?: { timeout?: number }): Promise<unknown>;
+  request<K extends string>(type: K, data: RequestData<K>, options?: { timeout?: number }): Promise<ReplyData<K>>;
   request(type: string, data?: unknown, options: { timeout?: number } = {}): Promise<unknown> {
     const timeout = options.timeout ?? this.options.requestTimeout ?? 10_000;
     return new Promise((resolve, reject) => this.send(type, data, timeout, resolve, reject));
