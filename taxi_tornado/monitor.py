@@ -336,6 +336,7 @@ def trip_row(trip: Trip, moment: datetime) -> dict[str, Any]:
         "pick_up_address": trip.pick_up_address,
         "drop_off_address": trip.drop_off_address,
         "pick_up": trip.pick_up.to_json() if trip.pick_up else None,
+        "drop_off": trip.drop_off.to_json() if trip.drop_off else None,
         "rider": _person(trip.rider),
         "driver": _person(trip.driver),
     }

@@ -20,6 +20,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from taxi_tornado.settings import SettingsError, load_settings
+from taxi_tornado.store import LatLng
 from taxi_tornado.store.sqlite import SQLiteStore
 from tests.conftest import PASSWORD, Client, RunningServer, make_settings
 from tests.test_operations import moved, scrape
@@ -264,7 +265,8 @@ async def test_overview_counts_connections_drivers_and_trips(server: RunningServ
     driver_v2 = await server.connect(driver_token, v2=True)
     driver_v1 = await server.connect(driver_token)  # the same driver twice counts once
     waiting = await rider_ws.request({"type": "trip.request", "data": ADDRESSES})
-    taken = await server.store.create_trip(rider.id, "c", "d")
+    taken = await server.store.create_trip(rider.id, "c", "d",
+                                           drop_off=LatLng(51.5154, -0.1755))
     await server.assign(taken.id, "IN_PROGRESS", driver.id)
     done = await server.store.create_trip(rider.id, "e", "f")
     await server.assign(done.id, "COMPLETED", driver.id)
@@ -281,7 +283,9 @@ async def test_overview_counts_connections_drivers_and_trips(server: RunningServ
     assert rows[0]["rider"] == {"id": rider.id, "username": "rita"}
     assert rows[0]["driver"] is None and rows[0]["status"] == "REQUESTED"
     assert rows[1]["driver"] == {"id": driver.id, "username": "dan"}
+    assert rows[1]["drop_off"] == {"lat": 51.5154, "lng": -0.1755}
     assert rows[0]["pick_up_address"] == "1 Dock Road" and rows[0]["age_s"] >= 0
+    assert rows[0]["drop_off_address"] == "9 Hill Street" and rows[0]["drop_off"] is None
     assert body["health"] == {"store": True, "hub": True}
     assert body["complete"] is True
     node, = body["nodes"]

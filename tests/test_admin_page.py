@@ -80,9 +80,12 @@ def row(page: Page, trip_id: str) -> Any:
 async def test_staff_logs_in_and_the_page_goes_live(page: Page, server: RunningServer) -> None:
     await staff_page(page, server)
     await expect(page.locator("#who")).to_have_text("olga")
-    await expect(page.locator("#connections-versions")).to_have_text("v2: 1")  # its own socket
+    # Its own socket is an operator's, not a connection of the service.
+    await expect(page.locator("#connections-total")).to_have_text("0")
+    await expect(page.locator("#connections-versions")).to_have_text("none open · and 1 operator")
     await expect(page.locator("#health")).to_have_text("OK")
     await expect(page.locator("#nodes tr")).to_have_count(1)
+    await expect(page.locator("#nodes tr td").nth(1)).to_have_text(f"127.0.0.1:{server.port}")
     await page.reload()  # the token lives in sessionStorage: no second log-in
     await expect(page.locator("#live")).to_have_text("live")
     await page.click("#log-out")
@@ -133,13 +136,15 @@ async def test_trip_requested_and_claimed_moves_through_the_table(
     await expect(row(page, trip["id"])).to_have_attribute("data-status", "REQUESTED",
                                                            timeout=QUICK)
     await expect(page.locator(f'#map .pick-up[data-trip="{trip["id"]}"]')).to_have_count(1)
-    await expect(row(page, trip["id"]).locator("td").nth(2)).to_contain_text("rita")
+    await expect(row(page, trip["id"]).locator("td.rider")).to_contain_text("rita")
+    await expect(row(page, trip["id"]).locator("td.id")).to_have_text(trip["id"][:8])
+    await expect(row(page, trip["id"]).locator("td.drop-off")).to_have_text("9 Hill Street")
     for status in ("STARTED", "IN_PROGRESS"):
         await driver_ws.send({"type": "trip.update", "data": {"id": trip["id"],
                                                               "status": status}})
         await expect(row(page, trip["id"])).to_have_attribute("data-status", status,
                                                                timeout=QUICK)
-    await expect(row(page, trip["id"]).locator("td").nth(3)).to_contain_text("dan")
+    await expect(row(page, trip["id"]).locator("td.driver")).to_contain_text("dan")
     await expect(page.locator(f'#map .pick-up[data-trip="{trip["id"]}"]')).to_have_count(0)
     await expect(page.locator(f'#map circle.driver[data-driver="{driver.id}"]')) \
         .to_have_class(re.compile(r"\bbusy\b"), timeout=QUICK)
@@ -179,6 +184,58 @@ async def test_closing_a_riders_sockets_from_the_page(page: Page, server: Runnin
     await close.click()
     assert await rider.closed() == 4000
     await expect(page.locator("#actions li").first).to_contain_text("closed the sockets")
+
+
+async def test_a_driver_holding_two_trips_is_flagged(page: Page, server: RunningServer) -> None:
+    """Two STARTED trips of one driver: each row says which trip it is and where it goes,
+    and both rows, and a line above the table, say the driver holds two."""
+    await staff_page(page, server)
+    rider, _ = await server.user("rita")
+    dan, _ = await server.user("dan", "driver")
+    dora, _ = await server.user("dora", "driver")
+    first = await server.store.create_trip(rider.id, "1 Dock Road", "9 Hill Street")
+    second = await server.store.create_trip(rider.id, "1 Dock Road", "4 Mill Lane")
+    alone = await server.store.create_trip(rider.id, "2 Quay", "5 Bank")
+    for trip, driver in ((first, dan), (second, dan), (alone, dora)):
+        await server.assign(trip.id, "STARTED", driver.id)
+    for trip in (first, second):
+        await expect(row(page, trip.id)).to_have_class(re.compile(r"\bflagged\b"),
+                                                        timeout=QUICK)
+        await expect(row(page, trip.id).locator("td.driver .badge")).to_have_text("2 trips")
+    await expect(row(page, first.id).locator("td.drop-off")).to_have_text("9 Hill Street")
+    await expect(row(page, second.id).locator("td.drop-off")).to_have_text("4 Mill Lane")
+    await expect(row(page, alone.id)).not_to_have_class(re.compile(r"\bflagged\b"))
+    warning = page.locator("#trips-warning")
+    await expect(warning).to_be_visible()
+    await expect(warning).to_contain_text("dan holds 2 trips at once")
+    await expect(warning).to_contain_text(first.id[:8])
+    await screenshot(page, "admin-flagged")
+
+
+async def test_find_a_user_by_name_and_close_their_sockets(
+    page: Page, server: RunningServer,
+) -> None:
+    await staff_page(page, server)
+    rita, rita_token = await server.user("rita")
+    await server.user("rick", "driver")
+    await server.user("bob")
+    rider = await server.connect(rita_token)
+    await page.fill("#user-query", "RI")
+    await page.click("#user-search button[type=submit]")
+    found = page.locator("#users tr")
+    await expect(found).to_have_count(2)
+    await expect(found.locator("td.name")).to_have_text(["rick", "rita"])
+    close = page.locator(f'#users tr[data-user="{rita.id}"] button.close-sockets')
+    await close.click()
+    await expect(close).to_have_text("Sure?")
+    await close.click()
+    assert await rider.closed() == 4000
+    await expect(page.locator("#actions li").first).to_contain_text(
+        "closed the sockets of rita")
+    await page.fill("#user-query", "zed")
+    await page.click("#user-search button[type=submit]")
+    await expect(found).to_have_count(0)
+    await expect(page.locator("#users-note")).to_have_text("No user's name starts so.")
 
 
 async def test_a_riders_token_cannot_open_the_page_or_its_api(
@@ -225,4 +282,8 @@ async def test_screenshot_of_a_busy_city(page: Page, server: RunningServer) -> N
     await expect(page.locator("#map circle.driver")).to_have_count(7)
     await expect(page.locator("#map .pick-up")).to_have_count(2)
     await expect(page.locator("#errors")).to_contain_text("unknown_type")
+    # The snapshot with the error frame counts every trip request before it too: their
+    # trip.follow messages went to the server's own listeners, not to clients.
+    await expect(page.locator("#messages")).to_contain_text("trip.updated")
+    await expect(page.locator("#messages")).not_to_contain_text("trip.follow")
     await screenshot(page, "admin-page")

@@ -9,7 +9,8 @@ import { Session } from "./api.js";
 import { LiveLink } from "./live.js";
 import { drawMap } from "./map.js";
 import {
-  logAction, renderCards, renderMessages, renderNodes, renderTrips, tickAges,
+  logAction, renderCards, renderMessages, renderNodes, renderTrips, renderUsers, shortId,
+  tickAges,
 } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -28,7 +29,7 @@ const actions = { cancel, closeSockets };
 
 $("login-form").addEventListener("submit", logIn);
 $("log-out").addEventListener("click", logOut);
-$("disconnect-form").addEventListener("submit", closeSocketsFromForm);
+$("user-search").addEventListener("submit", findUsers);
 setInterval(() => tickAges(serverNow()), 1000);
 if (session.loggedIn) enter(); else showLogIn("");
 
@@ -139,29 +140,38 @@ function serverNow() {
 async function cancel(tripId) {
   try {
     const trip = await session.cancelTrip(tripId);
-    logAction(`canceled trip ${tripId.slice(0, 8)}`, true);
+    logAction(`canceled trip ${shortId(tripId)}`, true);
     applyTrip(trip);
   } catch (error) {
-    logAction(`could not cancel trip ${tripId.slice(0, 8)}: ${error.message}`, false);
+    logAction(`could not cancel trip ${shortId(tripId)}: ${error.message}`, false);
     afterFailure(error);
   }
 }
 
-async function closeSockets(userId) {
+// user: {id, username} (a trip's rider or driver, or a user found by name)
+async function closeSockets(user) {
   try {
-    await session.closeSockets(userId);
-    logAction(`closed the sockets of user ${userId}`, true);
+    await session.closeSockets(user.id);
+    logAction(`closed the sockets of ${user.username} (${shortId(user.id)})`, true);
   } catch (error) {
-    logAction(`could not close the sockets of ${userId}: ${error.message}`, false);
+    logAction(`could not close the sockets of ${user.username}: ${error.message}`, false);
     afterFailure(error);
   }
 }
 
-function closeSocketsFromForm(event) {
+// Operators know users by name: the search answers the users whose name starts so,
+// each with its actions, so that nobody copies an id.
+async function findUsers(event) {
   event.preventDefault();
-  const userId = $("disconnect-user").value.trim();
-  if (userId) closeSockets(userId);
-  $("disconnect-user").value = "";
+  const query = $("user-query").value.trim();
+  if (!query) return;
+  try {
+    const found = await session.findUsers(query);
+    renderUsers(found.users, found.more, actions);
+  } catch (error) {
+    logAction(`could not find users: ${error.message}`, false);
+    afterFailure(error);
+  }
 }
 
 function afterFailure(error) {

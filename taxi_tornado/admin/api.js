@@ -77,6 +77,11 @@ export class Session {
     return this.call("/api/admin/");
   }
 
+  // Users whose name starts with `query`: {users: [User], more: bool}.
+  findUsers(query) {
+    return this.call(`/api/admin/users/?q=${encodeURIComponent(query)}`);
+  }
+
   cancelTrip(tripId) {
     return this.call(`/api/admin/trip/${encodeURIComponent(tripId)}/cancel/`, "POST");
   }

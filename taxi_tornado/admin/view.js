@@ -4,6 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 const CANCELABLE = new Set(["REQUESTED", "STARTED"]);
+const DRIVING = new Set(["STARTED", "IN_PROGRESS"]); // a driver holds one such trip at most
+const SHORT_ID = 8; // characters of an id shown; the whole id is in the cell's title
 const CONFIRM_MS = 3000;
 // Tables are redrawn every second, so a button's state lives here, by action, not in
 // the button: an armed or running action survives the redraw.
@@ -13,8 +15,11 @@ const running = new Set(); // action keys whose request is on its way
 export function renderCards(overview) {
   const connections = overview.connections;
   $("connections-total").textContent = connections.total;
-  $("connections-versions").textContent = Object.entries(connections.by_version)
+  const versions = Object.entries(connections.by_version)
     .map(([version, count]) => `v${version}: ${count}`).join(" · ") || "none open";
+  const staff = connections.staff || 0; // operators' pages, this one among them
+  $("connections-versions").textContent = staff
+    ? `${versions} · and ${staff} operator${staff === 1 ? "" : "s"}` : versions;
   const drivers = overview.drivers;
   $("drivers-connected").textContent = drivers.connected;
   $("drivers-available").textContent = drivers.available ?? "–";
@@ -33,43 +38,120 @@ export function renderCards(overview) {
 }
 
 // rows: trip rows (Trip objects, rider and driver at least {id, username});
-// actions: {cancel(tripId, button), closeSockets(userId, button)}
+// actions: {cancel(tripId), closeSockets(user)}
 export function renderTrips(rows, serverNow, actions) {
+  const holding = tripsByDriver(rows);
   const body = $("trips");
-  body.replaceChildren(...rows.map((trip) => tripRow(trip, serverNow, actions)));
+  body.replaceChildren(...rows.map((trip) => tripRow(trip, serverNow, actions, holding)));
   $("no-trips").hidden = rows.length > 0;
+  const several = [...holding.values()].filter((held) => held.length > 1);
+  $("trips-warning").hidden = several.length === 0;
+  $("trips-warning").textContent = several.map((held) => `${held[0].driver.username} holds ${
+    held.length} trips at once (${held.map((trip) => shortId(trip.id)).join(", ")})`)
+    .join("; ");
 }
 
-function tripRow(trip, serverNow, actions) {
+// Driver id -> the STARTED and IN_PROGRESS trips they hold: more than one is a fault
+// (a claim that should have been refused), which the table flags.
+function tripsByDriver(rows) {
+  const holding = new Map();
+  for (const trip of rows) {
+    if (!trip.driver || !DRIVING.has(trip.status)) continue;
+    const held = holding.get(trip.driver.id) || [];
+    held.push(trip);
+    holding.set(trip.driver.id, held);
+  }
+  return holding;
+}
+
+function tripRow(trip, serverNow, actions, holding) {
   const row = document.createElement("tr");
   row.dataset.trip = trip.id;
   row.dataset.status = trip.status;
+  const id = cell(shortId(trip.id));
+  id.className = "id";
+  id.title = trip.id;
   const age = cell(formatAge((serverNow - Date.parse(trip.created)) / 1000));
   age.className = "age";
   age.dataset.created = trip.created;
   const status = cell(trip.status.replace("_", " "));
   status.className = `status ${trip.status.toLowerCase()}`;
-  const place = cell(trip.pick_up_address);
-  place.title = trip.pick_up ? `${trip.pick_up.lat}, ${trip.pick_up.lng}` : "no position given";
+  const rider = person(trip.rider, actions);
+  rider.classList.add("rider");
+  const driver = person(trip.driver, actions);
+  driver.classList.add("driver");
+  flagSeveral(row, driver, trip, holding);
   const buttons = cell("");
   if (CANCELABLE.has(trip.status)) {
     buttons.append(confirmButton("Cancel", "cancel", `cancel:${trip.id}`,
       () => actions.cancel(trip.id)));
   }
-  row.append(age, status, person(trip.rider, actions), person(trip.driver, actions),
-    place, buttons);
+  row.append(id, age, status, rider, driver,
+    place(trip.pick_up_address, trip.pick_up, "pick-up"),
+    place(trip.drop_off_address, trip.drop_off, "drop-off"), buttons);
   return row;
+}
+
+// Marks the row and driver cell of a trip whose driver holds other trips too.
+function flagSeveral(row, driverCell, trip, holding) {
+  const held = trip.driver && DRIVING.has(trip.status) ? holding.get(trip.driver.id) : null;
+  if (!held || held.length < 2) return;
+  row.classList.add("flagged");
+  driverCell.classList.add("several");
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  badge.textContent = `${held.length} trips`;
+  badge.title = `${trip.driver.username} holds ${held.length} trips at once`;
+  driverCell.prepend(badge, " ");
+}
+
+function place(address, position, kind) {
+  const td = cell(address);
+  td.className = kind;
+  td.title = position ? `${position.lat}, ${position.lng}` : "no position given";
+  return td;
 }
 
 function person(user, actions) {
   const td = cell(user ? user.username : "—");
   if (!user) return td;
   td.title = user.id;
-  const button = confirmButton("⏏", "close-sockets", `close:${user.id}`,
-    () => actions.closeSockets(user.id));
-  button.title = `close the sockets of ${user.username}`;
-  td.append(" ", button);
+  td.append(" ", closeSocketsButton(user, "⏏", actions));
   return td;
+}
+
+function closeSocketsButton(user, label, actions) {
+  const button = confirmButton(label, "close-sockets", `close:${user.id}`,
+    () => actions.closeSockets(user));
+  button.title = `close the sockets of ${user.username}`;
+  return button;
+}
+
+// The users a name search found: name, group and short id, each with its action.
+// users: PROTOCOL User objects; more: whether the server had more to give.
+export function renderUsers(users, more, actions) {
+  $("users").replaceChildren(...users.map((user) => {
+    const row = document.createElement("tr");
+    row.dataset.user = user.id;
+    const name = cell(user.username);
+    name.className = "name";
+    const full = [user.first_name, user.last_name].filter(Boolean).join(" ");
+    const id = cell(shortId(user.id));
+    id.className = "id";
+    id.title = user.id;
+    const buttons = cell("");
+    buttons.append(closeSocketsButton(user, "Close sockets", actions));
+    row.append(name, cell(full), cell(user.group), id, buttons);
+    return row;
+  }));
+  const note = users.length === 0 ? "No user's name starts so."
+    : more ? `The first ${users.length} by name: type more of it.` : "";
+  $("users-note").textContent = note;
+  $("users-note").hidden = note === "";
+}
+
+export function shortId(id) {
+  return id.slice(0, SHORT_ID);
 }
 
 // A button that asks for a second click within CONFIRM_MS before it acts; `act`
@@ -129,7 +211,8 @@ export function renderMessages(messages) {
 
 export function renderNodes(nodes) {
   $("nodes").replaceChildren(...nodes.map((node) => numberRow([
-    node.id.slice(0, 8), `${node.host} · ${node.pid}`, node.version,
+    shortId(node.id), (node.listen || []).join(", ") || "–", `${node.host} · ${node.pid}`,
+    node.version,
     formatAge(node.uptime_s), node.connections.total,
     node.ready.store ? "up" : "DOWN", node.ready.hub ? "up" : "DOWN"])));
 }
