@@ -518,6 +518,48 @@ async def test_a_refresh_during_the_grace_keeps_the_socket(
     assert (await client.request({"type": "echo.message", "data": 2}))["data"] == 2
 
 
+async def test_a_token_let_in_by_the_leeway_gets_the_whole_grace_from_auth_expired(
+    tmp_path: Path, start: Start,
+) -> None:
+    server = await start(make_settings(tmp_path, auth={
+        "secret_key": "test-secret-key-that-is-long-enough-for-hs256", "leeway": 30,
+        "refresh_grace": 1.5}))
+    user, _ = await server.user("driver", "driver")
+    late = TokenAuthority(dataclasses.replace(server.settings.auth, access_ttl=-25))
+    token = late.issue_access(user, server.url)  # 25 s past exp, within the leeway
+    refreshing = await server.connect(token, v2=True)
+    idle = await server.connect(token, v2=True)
+    assert (await refreshing.receive())["type"] == "auth.expired"
+    assert (await idle.receive())["type"] == "auth.expired"
+    expired_at = time.monotonic()
+    reply = await refreshing.request({"type": "auth.refresh", "data": {
+        "token": long_token(server, user)}})
+    assert reply["type"] == "auth.refreshed"
+    assert await idle.closed(timeout=5) == 4001
+    assert time.monotonic() - expired_at >= 1.5 - 0.2  # the grace, from auth.expired
+    await refreshing.nothing(0.5)
+    assert (await refreshing.request({"type": "echo.message", "data": 3}))["data"] == 3
+
+
+async def test_a_refresh_with_a_token_that_expires_sooner_keeps_the_later_expiry(
+    short_tokens: RunningServer,
+) -> None:
+    server = short_tokens
+    user, _ = await server.user("driver", "driver")
+    token = long_token(server, user)
+    client = await server.connect(token, v2=True)
+    exp = TokenAuthority(server.settings.auth).verify(token)["exp"]
+    sooner = server.tokens.issue_access(user, server.url)  # valid, 2 s left
+    reply = await client.request({"type": "auth.refresh", "data": {"token": sooner}})
+    assert reply == {"type": "auth.refreshed", "data": {
+        "exp": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(exp))}}
+    sooner_exp = TokenAuthority(server.settings.auth).verify(sooner)["exp"]
+    while time.time() < sooner_exp + 1.0 + 0.5:  # past the sooner exp and the grace
+        await asyncio.sleep(0.1)
+    await client.nothing()  # neither auth.expired nor a close
+    assert (await client.request({"type": "echo.message", "data": 4}))["data"] == 4
+
+
 async def test_a_user_deleted_meanwhile_cannot_refresh(server: RunningServer) -> None:
     user, token = await server.user("driver", "driver")
     client = await server.connect(token, v2=True)

@@ -1,7 +1,8 @@
 """One timer ends every v2 socket whose access token expired and was not refreshed.
 
-At its token's `exp` a v2 socket gets `auth.expired`; `auth.refresh_grace` seconds later,
-unless an `auth.refresh` moved its expiry meanwhile, it is closed with 4001 (PROTOCOL.md,
+At its token's `exp` (at once for a token past it, let in by auth.leeway) a v2 socket
+gets `auth.expired`; `auth.refresh_grace` seconds after that frame, unless an
+`auth.refresh` moved its expiry meanwhile, it is closed with 4001 (PROTOCOL.md,
 Token refresh on a live socket). A task or timer per socket would cost memory at every
 idle connection (see handlers/keepalive.py); here one heap holds each socket's next
 deadline, and one IOLoop timeout is armed for the earliest. A refresh only changes the
@@ -133,6 +134,8 @@ class TokenExpiry:
             return
         exp = format_time(datetime.fromtimestamp(expires, UTC))
         conn.send({"type": "auth.expired", "data": {"exp": exp}})
+        # The grace counts from this frame, not from `exp`: a token let in by
+        # auth.leeway expired before the socket opened, and gets the whole grace too.
         grace = conn.settings.auth.refresh_grace
-        self._push(expires + grace, sock, expires, True)
+        self._push(time.time() + grace, sock, expires, True)
 
