@@ -143,6 +143,9 @@ class Cluster:
             "TAXI_HUB_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "TAXI_HUB_PREFIX": PREFIX,
             "TAXI_HUB_HISTORY_SIZE": str(self.history_size),
+            # One rider requests every trip, in a row: lift its quota and budget.
+            "TAXI_LIMITS_TRIPS_PER_RIDER": "0",
+            "TAXI_LIMITS_TRIP_REQUESTS": "0",
             "TAXI_LOG_LEVEL": "warning",
         }
 

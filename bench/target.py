@@ -56,7 +56,8 @@ def server_env(data_dir: Path, port: int) -> dict[str, str]:
 
     The per-connection rate limit is raised so that a closed-loop echo client is not
     throttled; the token bucket still runs on every frame. The rider's quota of
-    unfinished trips is lifted: the fan-out's one rider requests 20 trips in a row.
+    unfinished trips is lifted, and so is its budget of trip requests a minute: the
+    fan-out's one rider requests 20 trips in a row.
     """
     return {
         **os.environ,
@@ -66,6 +67,7 @@ def server_env(data_dir: Path, port: int) -> dict[str, str]:
         "TAXI_LIMITS_RATE": "1000000",
         "TAXI_LIMITS_BURST": "1000000",
         "TAXI_LIMITS_TRIPS_PER_RIDER": "0",
+        "TAXI_LIMITS_TRIP_REQUESTS": "0",
     }
 
 

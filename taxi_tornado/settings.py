@@ -98,6 +98,7 @@ class LimitsSettings:
     auth_rate: int = 20
     sockets_per_user: int = 20
     trips_per_rider: int = 3
+    trip_requests: int = 10
     outbound_bytes: int = 1048576
 
 
@@ -393,6 +394,8 @@ def _validate(s: Settings) -> None:
          "limits.sockets_per_user: must not be negative (0 means no limit)"),
         (s.limits.trips_per_rider >= 0,
          "limits.trips_per_rider: must not be negative (0 means no limit)"),
+        (s.limits.trip_requests >= 0,
+         "limits.trip_requests: must not be negative (0 turns it off)"),
         (s.limits.outbound_bytes >= 1, "limits.outbound_bytes: must be at least 1"),
         (s.log.format in LOG_FORMATS, f"log.format: must be text or json, got {s.log.format!r}"),
         (bool(s.dispatch.mode), "dispatch.mode: must name a dispatch strategy"),

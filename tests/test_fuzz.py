@@ -88,9 +88,10 @@ class Fuzzing:
 @pytest.fixture
 async def fuzzing(tmp_path: Path) -> AsyncIterator[Fuzzing]:
     # The rate limit would drop frames silently (after one error a streak), and the
-    # fuzzing rider requests far more trips than limits.trips_per_rider allows: lift both.
+    # fuzzing rider requests far more trips than limits.trips_per_rider and
+    # limits.trip_requests allow: lift all three.
     server = await start_server(replace(make_settings(tmp_path), limits={
-        "rate": 1e6, "burst": 1_000_000, "trips_per_rider": 0}))
+        "rate": 1e6, "burst": 1_000_000, "trips_per_rider": 0, "trip_requests": 0}))
     rider, rider_token = await server.user("rider")
     driver, driver_token = await server.user("driver", "driver")
     _, other_token = await server.user("bystander", "driver")

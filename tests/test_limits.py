@@ -17,7 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from taxi_tornado.hub import HistoryLimits, Hub, MemoryBroker, MemoryHistory, Position, Replay
+from taxi_tornado.hub.budget import MemoryBudgets
 from taxi_tornado.hub.redis_broker import RedisBroker
+from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.settings import Settings, SettingsError, load_settings
 from tests.conftest import Client, RunningServer, make_settings
 from tests.redis_server import SHARED_REDIS
@@ -250,3 +252,131 @@ async def test_a_huge_resume_offset_is_not_recovered_and_spoils_no_other_group(
         assert not [r for r in caplog.records if r.name == "taxi_tornado.hub"]
     finally:
         await hub.stop()
+
+
+# --- the trip-request budget -------------------------------------------------------------
+
+def test_a_budget_allows_a_burst_then_refills_evenly_and_forgets_idle_keys() -> None:
+    now = [1000.0]
+    budgets = MemoryBudgets(clock=lambda: now[0])
+    assert [budgets.spend("r", 7) for _ in range(7)] == [0.0] * 7  # a burst of as many
+    assert budgets.spend("r", 7) == pytest.approx(60 / 7)  # refused: nothing spent
+    assert budgets.spend("other", 7) == 0.0  # budgets are per key
+    now[0] += 60 / 7
+    assert budgets.spend("r", 7) == 0.0  # one came back
+    assert budgets.spend("r", 7) == pytest.approx(60 / 7)
+    now[0] += 61  # a minute after their last use
+    budgets.spend("third", 7)
+    assert len(budgets) == 1  # "r" and "other" are caught up: forgotten
+
+
+async def test_the_redis_budget_is_shared_by_two_processes(prefix: str) -> None:
+    a, b = (Hub(RedisBroker(SHARED_REDIS, prefix)) for _ in range(2))
+    for hub in (a, b):
+        await hub.start()
+    try:
+        assert [await hub.spend("rider-1", 3) for hub in (a, b, a)] == [0.0] * 3
+        wait = await b.spend("rider-1", 3)
+        assert 19 < wait <= 20  # a minute / 3, less the few ms the three took
+        assert await a.spend("rider-2", 3) == 0.0
+    finally:
+        for hub in (a, b):
+            await hub.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def budget_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Three trip requests a minute, no quota of unfinished trips; memory, then Redis."""
+    hub: dict[str, Any] = {}
+    if request.param == "redis":
+        hub = {"url": SHARED_REDIS, "prefix": f"test-{uuid.uuid4().hex[:12]}"}
+    return make_settings(tmp_path, hub=hub, limits={"trip_requests": 3, "trips_per_rider": 0})
+
+
+async def test_a_rider_past_the_trip_request_budget_is_rate_limited_and_gets_no_trip(
+    budget_settings: Settings, start: Start,
+) -> None:
+    server: RunningServer = await start(budget_settings)
+    rider, token = await server.user("rider@example.com")
+    _, driver_token = await server.user("driver@example.com", "driver")
+    driver = await server.connect(driver_token)
+    phone, tablet = await server.connect(token), await server.connect(token)
+    made = [await trip_request(client) for client in (phone, tablet, phone)]
+    assert [reply["type"] for reply in made] == ["trip.updated"] * 3
+    refused = await trip_request(tablet)  # the fourth, on either socket
+    assert refused["type"] == "error", refused
+    assert refused["data"]["code"] == "rate_limited"
+    assert refused["data"]["retry_after"] == 20  # a minute / 3, in whole seconds
+    assert "3 trips within a minute" in refused["data"]["detail"]
+    assert len(await server.store.active_trip_ids(rider.id)) == 3
+    heard = [await driver.receive() for _ in range(3)]
+    assert [event["data"]["id"] for event in heard] == [r["data"]["id"] for r in made]
+    await driver.nothing()
+
+
+async def test_the_budget_spans_processes_with_the_redis_hub(
+    tmp_path: Path, start: Start,
+) -> None:
+    """Two servers sharing one store and one Redis: one rider, one budget."""
+    shared = {"hub": {"url": SHARED_REDIS, "prefix": f"test-{uuid.uuid4().hex[:12]}"},
+              "limits": {"trip_requests": 2, "trips_per_rider": 0},
+              "store": {"url": f"sqlite:///{tmp_path / 'taxi.db'}"}}
+    first: RunningServer = await start(make_settings(tmp_path / "a", **shared))
+    second: RunningServer = await start(make_settings(tmp_path / "b", **shared))
+    _, token = await first.user("rider@example.com")
+    one, other = await first.connect(token), await second.connect(token)
+    assert (await trip_request(one))["type"] == "trip.updated"
+    assert (await trip_request(one))["type"] == "trip.updated"
+    refused = await trip_request(other)
+    assert refused["data"]["code"] == "rate_limited", refused
+    assert refused["data"]["retry_after"] == 30
+
+
+async def test_a_budget_of_zero_is_off_and_others_are_not_charged(
+    tmp_path: Path, start: Start,
+) -> None:
+    server: RunningServer = await start(make_settings(
+        tmp_path, limits={"trip_requests": 0, "trips_per_rider": 0}))
+    _, token = await server.user("rider@example.com")
+    rider = await server.connect(token)
+    replies = [await trip_request(rider) for _ in range(12)]
+    assert {reply["type"] for reply in replies} == {"trip.updated"}
+
+
+async def test_a_driver_asking_for_a_trip_spends_no_riders_budget(
+    tmp_path: Path, start: Start,
+) -> None:
+    server: RunningServer = await start(make_settings(
+        tmp_path, limits={"trip_requests": 1}))
+    _, driver_token = await server.user("driver@example.com", "driver")
+    driver = await server.connect(driver_token)
+    assert [(await trip_request(driver))["data"]["code"] for _ in range(2)] == [
+        "forbidden"] * 2  # the role's refusal, never the budget's
+
+
+def test_trip_requests_is_a_checked_setting(tmp_path: Path) -> None:
+    base = {"TAXI_DATA_DIR": str(tmp_path)}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={**base, "TAXI_LIMITS_TRIP_REQUESTS": "-1"},
+                      create_secret=False)
+    assert str(caught.value).startswith("limits.trip_requests: "), caught.value
+    assert load_settings(environ=base, create_secret=False).limits.trip_requests == 10
+
+
+# --- the quota's per-rider locks ---------------------------------------------------------
+
+async def test_the_quotas_per_rider_locks_go_once_the_requests_are_answered(
+    server: RunningServer,
+) -> None:
+    handler = server.server.services.registry.types["trip.request"].handler
+    quota = handler.__self__  # type: ignore[attr-defined]
+    assert isinstance(quota, TripQuota)
+    _, token = await server.user("rider@example.com")
+    phone, tablet = await server.connect(token), await server.connect(token)
+    frame = {"type": "trip.request", "data": {"pick_up_address": "A", "drop_off_address": "B"}}
+    await asyncio.gather(*(client.send(frame) for _ in range(3) for client in (phone, tablet)))
+    replies = [await client.receive() for client in (phone, tablet) for _ in range(3)]
+    assert sum(reply["type"] == "trip.updated" for reply in replies) == 3, replies
+    assert len(quota) == 0
+    assert (await trip_request(phone))["data"]["code"] == "forbidden"  # one at a time
+    assert len(quota) == 0

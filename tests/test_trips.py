@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from taxi_tornado.store import TripStatus, User
-from tests.conftest import Client, RunningServer
+from tests.conftest import Client, RunningServer, make_settings
 
 ADDRESSES = {"pick_up_address": "123 Main Street", "drop_off_address": "456 Piney Road"}
 
@@ -156,7 +157,9 @@ async def test_skipping_statuses_is_allowed(server: RunningServer) -> None:
 
 # --- the claim race ---------------------------------------------------------------------
 
-async def test_two_drivers_racing_exactly_one_wins(server: RunningServer) -> None:
+async def test_two_drivers_racing_exactly_one_wins(tmp_path: Path, start: Any) -> None:
+    # One rider requests 25 trips in a row: past limits.trip_requests, lifted here.
+    server: RunningServer = await start(make_settings(tmp_path, limits={"trip_requests": 0}))
     _, rider_token = await server.user("rider@example.com")
     rider_ws = await server.connect(rider_token)
     drivers = []

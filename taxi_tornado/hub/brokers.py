@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping
 
+from taxi_tornado.hub.budget import MemoryBudgets
 from taxi_tornado.hub.history import HistoryLimits, MemoryHistory, Position, Replay
 
 # What a broker hands back to the hub: group, JSON payload, excluded member id, min
@@ -30,6 +31,7 @@ class Broker(abc.ABC):
 
     def __init__(self) -> None:
         self.receiver: Receiver = _nobody  # the Hub puts its own here
+        self.budgets = MemoryBudgets()  # this process's (hub/budget.py)
 
 
     @property
@@ -73,6 +75,11 @@ class Broker(abc.ABC):
     async def end(self, group: str) -> None:
         """`group` had its last event: keep its counter only as long as its events."""
         return None
+
+    async def spend(self, key: str, per_minute: int) -> float:
+        """Spend one action of the budget `key` (hub/budget.py): 0.0 when allowed, else
+        the seconds to wait. In process here; a shared broker shares it."""
+        return self.budgets.spend(key, per_minute)
 
 
 class MemoryBroker(Broker):

@@ -127,6 +127,12 @@ class Hub:
         metrics.HUB_PUBLISHED.inc()
         return delivered
 
+    async def spend(self, key: str, per_minute: int) -> float:
+        """Spend one action of the per-minute budget `key` (a burst of as many, refilling
+        evenly), shared by every process of the deployment: 0.0 when allowed, else the
+        seconds until it would be. Nothing is spent when refused."""
+        return await self.broker.spend(key, per_minute)
+
     async def end(self, group: str) -> None:
         """`group` will hear no more (a trip that ended): its history, counter included,
         lives only hub.history_ttl after its last send, not a day, on every process.

@@ -24,10 +24,12 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from taxi_tornado import metrics
 from taxi_tornado.hub.brokers import Broker
+from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
 from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, END, END_SHA, RedisHistory
 from taxi_tornado.hub.redis_link import (
@@ -95,6 +97,7 @@ class RedisBroker(Broker):
         self._publisher: AbstractConnection | None = None
         self._publish_lock = asyncio.Lock()
         self._publish_failing = False
+        self._spend: AsyncScript | None = None
         self._node = b""
         self._link = SubscriberLink(self._connection, self._channel_prefix, self._receive,
                                     self._reset_publisher, self.describe(),
@@ -205,6 +208,24 @@ class RedisBroker(Broker):
                                     script=END)
         except SendFailed as failure:
             self._send_failed(failure.error)
+
+    async def spend(self, key: str, per_minute: int) -> float:
+        """One SPEND script call on the pool (one round trip): every process spends from
+        the same budget. While Redis cannot answer, each process counts on its own."""
+        if not self._link.up:
+            return self.budgets.spend(key, per_minute)
+        if self._spend is None:
+            self._spend = self._reader.register_script(SPEND)  # EVALSHA; EVAL on NOSCRIPT
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                wait_ms = await self._spend(keys=[f"{self.prefix}:budget:{key}"],
+                                            args=[interval_ms(per_minute), window_ms()],
+                                            client=self._reader)
+        except LINK_ERRORS as error:
+            log.warning("hub: spending from a budget in %s failed (%s); counting in this "
+                        "process", _without_password(self.url), describe_error(error))
+            return self.budgets.spend(key, per_minute)
+        return int(wait_ms) / 1000
 
     async def since(self, positions: Mapping[str, Position]) -> dict[str, Replay | None]:
         """Read in one round trip; when Redis cannot answer in time, nothing is recovered."""

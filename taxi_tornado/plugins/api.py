@@ -47,15 +47,20 @@ SpecT = TypeVar("SpecT")
 
 
 class ProtocolError(Exception):
-    """Raised by a handler to answer the sender with an error frame (PROTOCOL.md, Errors)."""
+    """Raised by a handler to answer the sender with an error frame (PROTOCOL.md, Errors).
+
+    `retry_after` (seconds), when known, goes into the frame's data: when to try again.
+    """
 
     def __init__(
-        self, code: str, detail: str, errors: dict[str, list[str]] | None = None
+        self, code: str, detail: str, errors: dict[str, list[str]] | None = None,
+        *, retry_after: int | None = None,
     ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.errors = errors or {}
+        self.retry_after = retry_after
 
 
 class HttpError(Exception):
