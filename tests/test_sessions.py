@@ -313,6 +313,19 @@ async def test_the_sender_of_a_change_gets_one_frame_for_it_on_its_socket_resume
     await second.nothing()
 
 
+async def test_a_send_for_later_protocol_versions_is_not_replayed_to_a_v2_socket(
+    server: RunningServer,
+) -> None:
+    _, token = await server.user("driver", "driver")
+    client = await server.connect(token, v2=True)
+    await drivers_event(server, 1)
+    pos = (await client.receive())["pos"]
+    await server.hub.send("drivers", {"type": "fleet.v3_notice"}, min_version=3)
+    reply = await resume(client, {"drivers": pos})
+    assert reply["data"]["groups"]["drivers"] == {"recovered": True, "missed": 0}
+    await client.nothing()
+
+
 async def test_resume_is_not_recovered_for_unknown_epochs_future_offsets_and_other_groups(
     any_hub: RunningServer,
 ) -> None:
