@@ -286,4 +286,7 @@ async def test_screenshot_of_a_busy_city(page: Page, server: RunningServer) -> N
     # trip.follow messages went to the server's own listeners, not to clients.
     await expect(page.locator("#messages")).to_contain_text("trip.updated")
     await expect(page.locator("#messages")).not_to_contain_text("trip.follow")
+    await page.fill("#user-query", "rider")
+    await page.click("#user-search button[type=submit]")
+    await expect(page.locator("#users tr")).to_have_count(4)
     await screenshot(page, "admin-page")
