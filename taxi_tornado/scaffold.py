@@ -108,7 +108,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from taxi_tornado.plugins import Connection, ProtocolError, Registry, Request
+from taxi_tornado.plugins import Connection, Registry, Request
+
+# JSON Schemas (draft 2020-12) of the frames' `data` and of the reply's: the server
+# checks each frame against HELLO before hello() runs, and publishes both in
+# GET /api/asyncapi.json.
+HELLO = {"type": "object", "required": ["name"],
+         "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100}}}
+GREETING = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,8 @@ class Settings:
 
 def setup(registry: Registry) -> None:
     plugin = Plugin(registry.settings(Settings))
-    registry.add_message_type("$name.hello", plugin.hello)
+    registry.add_message_type("$name.hello", plugin.hello, schema=HELLO,
+                              reply={"$name.greeting": GREETING})
     registry.add_route("/api/$name/hello/", plugin.hello_over_http)
 
 
@@ -129,10 +137,11 @@ class Plugin:
         self.settings = settings
 
     async def hello(self, conn: Connection, data: Any) -> dict[str, Any]:
-        """{"type": "$name.hello", "data": {"name": "Ada"}}: a greeting for the sender."""
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            raise ProtocolError("invalid", "Say whom to greet.",
-                                {"name": ["This field is required."]})
+        """{"type": "$name.hello", "data": {"name": "Ada"}}: a greeting for the sender.
+
+        `data` matched HELLO (a frame that does not gets `invalid` without coming
+        here): what is left to check is what a schema cannot say.
+        """
         text = f"{self.settings.greeting}, {data['name']}!"
         return {"type": "$name.greeting", "data": {"text": text}}
 

@@ -11,27 +11,26 @@ from typing import Any
 from taxi_tornado.dispatch.broadcast import BroadcastStrategy
 from taxi_tornado.dispatch.nearest import NearestStrategy
 from taxi_tornado.dispatch.service import dispatch_of
-from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
+from taxi_tornado.plugins.api import Connection, Registry
 
 STATUSES = ("available", "unavailable")
+STATUS = {"type": "object", "required": ["status"],
+          "properties": {"status": {"enum": list(STATUSES)}}}
 
 
 def setup(registry: Registry) -> None:
     registry.add_dispatch_strategy("broadcast", BroadcastStrategy)
     registry.add_dispatch_strategy("nearest", NearestStrategy)
-    registry.add_message_type("driver.status", driver_status)
+    registry.add_message_type("driver.status", driver_status, senders=("driver",),
+                              schema=STATUS, reply={"driver.status": STATUS})
     registry.on_connect(driver_connected)
     registry.on_disconnect(driver_disconnected)
 
 
 async def driver_status(conn: Connection, data: Any) -> dict[str, Any]:
-    """Whether the driver wants offers; it belongs to the driver, not to this socket."""
-    if conn.user.group != "driver":
-        raise ProtocolError("forbidden", "Only drivers set a status.")
-    status = data.get("status") if isinstance(data, dict) else None
-    if status not in STATUSES:
-        raise ProtocolError("invalid", "The status is not valid.",
-                            {"status": ['Must be "available" or "unavailable".']})
+    """Whether the driver wants offers; it belongs to the driver, not to this socket.
+    `data` passed STATUS, and the sender is a driver."""
+    status = data["status"]
     await dispatch_of(conn).locations.set_available(conn.user.id, status == "available")
     return {"type": "driver.status", "data": {"status": status}}
 

@@ -29,7 +29,7 @@ from taxi_tornado.auth import InvalidToken, token_from_request
 from taxi_tornado.frames import DecodeError, decode, encode, message_frame
 from taxi_tornado.handlers.base import SERVER_ERROR, TOKEN_INVALID, base_url, origin_allowed
 from taxi_tornado.handlers.stream_writer import StreamWriter, socket_stream
-from taxi_tornado.plugins.api import MAX_TYPE_LENGTH, Connection, ProtocolError
+from taxi_tornado.plugins.api import MAX_TYPE_LENGTH, Connection, MessageType, ProtocolError
 
 if TYPE_CHECKING:
     from taxi_tornado.services import Services
@@ -268,6 +268,7 @@ class TaxiSocket(WebSocketHandler):
         return run_inline(self._dispatch(conn, envelope))
 
     async def _dispatch(self, conn: Connection, envelope: Any) -> None:
+        """Envelope, type, sender and `data` checks, then the handler, then the answer."""
         if not isinstance(envelope, dict):
             self._send_error(conn, "invalid_message", "A frame must be a JSON object.",
                              None, None)
@@ -295,26 +296,48 @@ class TaxiSocket(WebSocketHandler):
                              message_type, frame_id)
             return
         metrics.frames_in(message_type).inc()
-        started = time.perf_counter()
-        try:
-            reply = await entry.handler(conn, envelope.get("data"))
-        except ProtocolError as error:
-            self._send_error(conn, error.code, error.detail, message_type, frame_id,
-                             error.errors)
+        refusal = refused(entry, conn)
+        if refusal is not None:
+            self._send_error(conn, *refusal, message_type, frame_id)
             return
-        except Exception:
-            log.exception("handler for %r (plugin %s) failed", message_type, entry.plugin)
-            self._send_error(conn, "internal", "The server could not handle this message.",
-                             message_type, frame_id)
-            return
-        finally:
-            metrics.handler_seconds(message_type).observe(time.perf_counter() - started)
-        if reply is None:
+        data = envelope.get("data")
+        if entry.check is not None:
+            errors = entry.check(data)
+            if errors is not None:
+                self._send_error(conn, "invalid", f"The {entry.canonical} data is not valid.",
+                                 message_type, frame_id, errors)
+                return
+        answer = await self._handle(conn, entry, message_type, data)
+        if answer is None:
             return
         if frame_id is not None:
-            reply = {**reply, "id": frame_id}
-        conn.send(reply)
-        metrics.frames_out(reply.get("type", "")).inc()
+            answer = {**answer, "id": frame_id}
+        self._answer(conn, answer)
+
+    async def _handle(self, conn: Connection, entry: MessageType, message_type: str,
+                      data: Any) -> dict[str, Any] | None:
+        """Run the handler: its reply, an error frame (not yet sent), or None."""
+        started = time.perf_counter()
+        try:
+            return await entry.handler(conn, data)
+        except ProtocolError as error:
+            return error_frame(error.code, error.detail, message_type, error.errors,
+                               error.retry_after)
+        except Exception:
+            log.exception("handler for %r (plugin %s) failed", message_type, entry.plugin)
+            return error_frame("internal", "The server could not handle this message.",
+                               message_type)
+        finally:
+            metrics.handler_seconds(message_type).observe(time.perf_counter() - started)
+
+    def _answer(self, conn: Connection, answer: dict[str, Any]) -> None:
+        """Send a reply or an error frame to the sender, counted as such."""
+        if answer.get("type") == "error":
+            metrics.errors(answer["data"]["code"]).inc()
+            metrics.FRAMES_OUT_ERROR.inc()
+        else:
+            metrics.frames_out(answer.get("type", "")).inc()
+        conn.send(answer)
 
     def _rate_limited(self, conn: Connection) -> None:
         metrics.RATE_LIMITED.inc()
@@ -339,10 +362,7 @@ class TaxiSocket(WebSocketHandler):
     ) -> None:
         metrics.errors(code).inc()
         metrics.FRAMES_OUT_ERROR.inc()
-        frame: dict[str, Any] = {
-            "type": "error",
-            "data": {"code": code, "detail": detail, "for": for_type, "errors": errors or {}},
-        }
+        frame = error_frame(code, detail, for_type, errors)
         if frame_id is not None:
             frame["id"] = frame_id
         conn.deliver(message_frame(frame))
@@ -494,6 +514,27 @@ class TokenBucket:
             return False
         self.tokens -= 1
         return True
+
+
+def error_frame(code: str, detail: str, for_type: str | None,
+                errors: dict[str, list[str]] | None = None,
+                retry_after: float | None = None) -> dict[str, Any]:
+    """An error frame (PROTOCOL.md, Errors), without the `id` of the frame it answers."""
+    data: dict[str, Any] = {"code": code, "detail": detail, "for": for_type,
+                            "errors": errors or {}}
+    if retry_after is not None:
+        data["retry_after"] = retry_after
+    return {"type": "error", "data": data}
+
+
+def refused(entry: MessageType, conn: Connection) -> tuple[str, str] | None:
+    """The error (code, detail) for a connection that may not send this type at all."""
+    if conn.version < entry.min_version:
+        return "unknown_type", f"{entry.canonical} needs protocol taxi.v{entry.min_version}."
+    if entry.senders and conn.user.group not in entry.senders:
+        return "forbidden", (f"Only {' and '.join(entry.senders)} users can send "
+                             f"{entry.canonical}.")
+    return None
 
 
 def echoed_id(envelope: Any) -> str | int | None:

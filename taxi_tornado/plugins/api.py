@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from taxi_tornado.frames import DecodeError, decode, message_frame
 from taxi_tornado.hub import Hub, Position
+from taxi_tornado.schemas import DataCheck, Schema, SchemaError, check_schema, compile_check
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import Store, User
 
@@ -389,10 +390,30 @@ TaskFunction = Callable[[PluginContext], Awaitable[None]]
 
 @dataclass(frozen=True)
 class MessageType:
+    """One registered type (or alias), as the socket reads it per frame.
+
+    `check` is the compiled check of `data` (None when any data will do); `senders` the
+    user groups that may send it (empty: anyone); `min_version` the protocol version a
+    connection needs to send it; `keyed` whether a frame's `key` makes it idempotent.
+    `schema`, `reply` and `events` are the declared schemas the AsyncAPI document shows.
+    """
+
     name: str
     handler: MessageHandler
     plugin: str
     alias_of: str | None = None
+    check: DataCheck | None = None
+    senders: tuple[str, ...] = ()
+    min_version: int = 1
+    keyed: bool = False
+    schema: Schema | None = None
+    reply: Mapping[str, Schema] = field(default_factory=dict)
+    events: Mapping[str, Schema] = field(default_factory=dict)
+
+    @property
+    def canonical(self) -> str:
+        """The type this one stands for: its own name, or the name it is an alias of."""
+        return self.alias_of or self.name
 
 
 @dataclass(frozen=True)
@@ -454,18 +475,44 @@ class Registry:
         name: str,
         handler: MessageHandler,
         *,
+        schema: Schema | None = None,
+        reply: Mapping[str, Schema] | None = None,
+        events: Mapping[str, Schema] | None = None,
+        senders: tuple[str, ...] = (),
+        min_version: int = 1,
+        keyed: bool = False,
         aliases: tuple[str, ...] = (),
         override: bool = False,
     ) -> None:
         """Route frames of type `name` (and of each alias) to `handler`.
 
-        Registering a type another plugin owns fails, naming both plugins, unless
-        `override=True`.
+        `schema` is the JSON Schema (draft 2020-12) of the frames' `data`: the server
+        checks it before the handler runs and answers `invalid` with field errors (no
+        schema: any data). `reply` and `events` map the types of the reply and of the
+        events the handler sends to the schemas of their `data` (for GET
+        /api/asyncapi.json). `senders` names the user groups that may send it (others
+        get `forbidden` before the data is looked at); `min_version=2` keeps it from v1
+        connections (`unknown_type`); `keyed=True` makes a frame carrying a `key`
+        idempotent (PROTOCOL: Idempotent requests). A schema that is not valid JSON
+        Schema, or registering a type another plugin owns (unless `override=True`),
+        stops start-up naming the plugin.
         """
+        where = f"plugin {self.plugin!r}: message type {name!r}"
+        try:
+            check = compile_check(schema)
+            for declared in (*(reply or {}).values(), *(events or {}).values()):
+                check_schema(declared)
+        except SchemaError as error:
+            raise PluginError(f"{where}: its schema is not valid JSON Schema: {error}") \
+                from None
+        if not all(isinstance(group, str) for group in senders) or isinstance(senders, str):
+            raise PluginError(f"{where}: senders must be a tuple of user groups")
         for type_name in (name, *aliases):
             self._check_name(type_name, override)
             alias_of = name if type_name != name else None
-            self.types[type_name] = MessageType(type_name, handler, self.plugin, alias_of)
+            self.types[type_name] = MessageType(
+                type_name, handler, self.plugin, alias_of, check, tuple(senders),
+                min_version, keyed, schema, dict(reply or {}), dict(events or {}))
 
     def _check_name(self, name: str, override: bool) -> None:
         if not isinstance(name, str) or not name or len(name) > MAX_TYPE_LENGTH:

@@ -12,7 +12,9 @@ from taxi_tornado.plugins.api import Connection, Registry
 
 
 def setup(registry: Registry) -> None:
-    registry.add_message_type("echo.message", echo)
+    # Any JSON value is welcome, and comes back as it was.
+    registry.add_message_type("echo.message", echo, schema={},
+                              reply={"echo.message": {"description": "The data sent."}})
 
 
 async def echo(conn: Connection, data: Any) -> dict[str, Any]:

@@ -16,23 +16,32 @@ from taxi_tornado import metrics
 from taxi_tornado.dispatch import broadcast
 from taxi_tornado.dispatch.broadcast import DRIVERS, V2
 from taxi_tornado.dispatch.service import dispatch_of
+from taxi_tornado.plugins import trip_schemas as schemas
 from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
 from taxi_tornado.plugins.follow import follow, listen_for_follows, unfollow
 from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
-MAX_ADDRESS = 255
-NUMBER = (int, float)
+RIDERS, DRIVERS_ONLY = ("rider",), ("driver",)
 
 
 def setup(registry: Registry) -> None:
     registry.add_message_type("trip.request", TripQuota().guard(request_trip),
-                              aliases=("create.trip",))
-    registry.add_message_type("trip.update", update_trip, aliases=("update.trip",))
-    registry.add_message_type("trip.cancel", cancel_trip)
-    registry.add_message_type("trip.decline", decline_trip)
-    registry.add_message_type("driver.location", driver_location)
+                              aliases=("create.trip",), senders=RIDERS, keyed=True,
+                              schema=schemas.TRIP_REQUEST, reply=schemas.REPLY,
+                              events=schemas.REQUEST_EVENTS)
+    registry.add_message_type("trip.update", update_trip, aliases=("update.trip",),
+                              senders=DRIVERS_ONLY, keyed=True, schema=schemas.TRIP_UPDATE,
+                              reply=schemas.REPLY, events=schemas.UPDATE_EVENTS)
+    registry.add_message_type("trip.cancel", cancel_trip, senders=RIDERS, keyed=True,
+                              schema=schemas.TRIP_BY_ID, reply=schemas.REPLY,
+                              events=schemas.CANCEL_EVENTS)
+    registry.add_message_type("trip.decline", decline_trip, senders=DRIVERS_ONLY, keyed=True,
+                              schema=schemas.TRIP_BY_ID,
+                              reply={"trip.declined": schemas.TRIP_DECLINED})
+    registry.add_message_type("driver.location", driver_location, senders=DRIVERS_ONLY,
+                              schema=schemas.DRIVER_LOCATION, events=schemas.LOCATION_EVENTS)
     registry.on_connect(join_trip_groups)
     registry.on_startup(listen_for_follows)
 
@@ -49,19 +58,12 @@ def trip_message(trip: Trip, conn: Connection) -> dict[str, Any]:
     return broadcast.trip_message(trip, conn.base_url)
 
 
-async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:
-    _require_group(conn, "rider", "Only riders can request trips.")
-    fields = _object(data)
-    errors: dict[str, list[str]] = {}
-    pick_up = _address(fields, "pick_up_address", errors)
-    drop_off = _address(fields, "drop_off_address", errors)
-    pick_up_at = _position(fields, "pick_up", errors)
-    drop_off_at = _position(fields, "drop_off", errors)
-    _own_id(conn, fields, "rider", errors)
-    if errors:
-        raise ProtocolError("invalid", "The trip request is not valid.", errors)
-    trip = await conn.store.create_trip(conn.user.id, pick_up, drop_off, pick_up_at,
-                                        drop_off_at)
+async def request_trip(conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` passed schemas.TRIP_REQUEST, and the sender is a rider."""
+    _own_id(conn, data, "rider", "The trip request is not valid.")
+    trip = await conn.store.create_trip(conn.user.id, data["pick_up_address"],
+                                        data["drop_off_address"], _position(data, "pick_up"),
+                                        _position(data, "drop_off"))
     message = trip_message(trip, conn)
     await conn.join(trip.id)
     await dispatch_of(conn).strategy.dispatch(conn, trip)
@@ -70,19 +72,13 @@ async def request_trip(conn: Connection, data: Any) -> dict[str, Any]:
     return message
 
 
-async def update_trip(conn: Connection, data: Any) -> dict[str, Any]:
-    _require_group(conn, "driver", "Only drivers can update trips.")
-    fields = _object(data)
-    errors: dict[str, list[str]] = {}
-    trip_id = _trip_id(fields, errors)
-    status = _status(fields, errors)
-    _own_id(conn, fields, "driver", errors)
-    if errors:
-        raise ProtocolError("invalid", "The trip update is not valid.", errors)
-    assert status is not None
+async def update_trip(conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` passed schemas.TRIP_UPDATE, and the sender is a driver."""
+    _own_id(conn, data, "driver", "The trip update is not valid.")
+    status = TripStatus(data["status"])
     if status is TripStatus.CANCELED:
         raise ProtocolError("forbidden", "Only the trip's rider can cancel it (trip.cancel).")
-    trip = await _get_trip(conn, trip_id)
+    trip = await _get_trip(conn, data["id"])
     if trip.driver_id is None:
         return await _claim(conn, trip, status)
     if trip.driver_id != conn.user.id:
@@ -129,10 +125,10 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
     return message
 
 
-async def cancel_trip(conn: Connection, data: Any) -> dict[str, Any]:
-    _require_group(conn, "rider", "Only the trip's rider can cancel it.")
-    trip_id = _only_trip_id(data, "The cancel request is not valid.")
-    return await _cancel(conn, await _get_trip(conn, trip_id))
+async def cancel_trip(conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` passed schemas.TRIP_BY_ID, and the sender is a rider (the trip's, or it
+    is not found)."""
+    return await _cancel(conn, await _get_trip(conn, data["id"]))
 
 
 async def cancel_for_staff(conn: Connection, trip_id: str) -> dict[str, Any]:
@@ -172,30 +168,21 @@ async def _tell_staff(conn: Connection, message: dict[str, Any]) -> None:
         await tell_staff(conn.hub, "admin.trip", message["data"])
 
 
-async def decline_trip(conn: Connection, data: Any) -> dict[str, Any]:
+async def decline_trip(conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     """A driver turns down the trip they were offered (`nearest` dispatch)."""
-    _require_group(conn, "driver", "Only drivers decline trips.")
-    trip_id = _only_trip_id(data, "The decline is not valid.")
-    trip = await conn.store.get_trip(trip_id)
+    trip = await conn.store.get_trip(data["id"])
     if trip is None or not await dispatch_of(conn).strategy.decline(conn, trip):
         raise ProtocolError("not_found", "You hold no offer for this trip.")
     return {"type": "trip.declined", "data": {"id": trip.id}}
 
 
 
-async def driver_location(conn: Connection, data: Any) -> None:
+async def driver_location(conn: Connection, data: dict[str, Any]) -> None:
     """Record the position in the location index (for dispatch and the nearby API) and
-    relay it to each trip the driver is driving; nothing goes to the store."""
-    _require_group(conn, "driver", "Only drivers send their location.")
-    fields = _object(data)
-    errors: dict[str, list[str]] = {}
-    lat = _number(fields, "lat", -90, 90, errors, required=True)
-    lng = _number(fields, "lng", -180, 180, errors, required=True)
-    heading = _number(fields, "heading", 0, 360, errors)
-    speed = _number(fields, "speed", 0, 1000, errors)
-    if errors:
-        raise ProtocolError("invalid", "The location is not valid.", errors)
-    assert lat is not None and lng is not None
+    relay it to each trip the driver is driving; nothing goes to the store. `data`
+    passed schemas.DRIVER_LOCATION, and the sender is a driver."""
+    lat, lng = float(data["lat"]), float(data["lng"])
+    heading, speed = _optional_float(data, "heading"), _optional_float(data, "speed")
     received = now()
     dispatch = dispatch_of(conn)
     await dispatch.locations.put(conn.user.id, lat, lng, heading)
@@ -234,99 +221,21 @@ def _require_group(conn: Connection, group: str, detail: str) -> None:
         raise ProtocolError("forbidden", detail)
 
 
-def _object(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ProtocolError("invalid", "`data` must be an object.",
-                            {"data": ["Expected an object."]})
-    return data
+def _position(data: dict[str, Any], name: str) -> LatLng | None:
+    value = data.get(name)
+    return LatLng(float(value["lat"]), float(value["lng"])) if value is not None else None
 
 
-def _address(fields: dict[str, Any], name: str, errors: dict[str, list[str]]) -> str:
-    value = fields.get(name)
-    if not isinstance(value, str) or not value.strip():
-        errors[name] = ["This field is required."]
-        return ""
-    if len(value) > MAX_ADDRESS:
-        errors[name] = [f"Ensure this field has no more than {MAX_ADDRESS} characters."]
-    return value
+def _optional_float(data: dict[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    return float(value) if value is not None else None
 
 
-def _position(fields: dict[str, Any], name: str,
-              errors: dict[str, list[str]]) -> LatLng | None:
-    """An optional {"lat", "lng"} object; its errors are listed under `name`."""
-    value = fields.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        errors[name] = ['Expected an object with "lat" and "lng".']
-        return None
-    problems: dict[str, list[str]] = {}
-    lat = _number(value, "lat", -90, 90, problems, required=True)
-    lng = _number(value, "lng", -180, 180, problems, required=True)
-    if problems:
-        errors[name] = [f"{key}: {message}" for key, messages in problems.items()
-                        for message in messages]
-        return None
-    assert lat is not None and lng is not None
-    return LatLng(lat, lng)
-
-
-def _own_id(
-    conn: Connection, fields: dict[str, Any], name: str, errors: dict[str, list[str]]
-) -> None:
-    value = fields.get(name)
+def _own_id(conn: Connection, data: dict[str, Any], name: str, invalid: str) -> None:
+    """What the schema cannot say: a `rider` or `driver` given must be the sender."""
+    value = data.get(name)
     if value is not None and str(value) != conn.user.id:
-        errors[name] = ["Must be your own user id."]
-
-
-def _only_trip_id(data: Any, invalid: str) -> str:
-    """The trip id of a message whose data is just `{"id": ...}`; `invalid` says which
-    request was not valid."""
-    errors: dict[str, list[str]] = {}
-    trip_id = _trip_id(_object(data), errors)
-    if errors:
-        raise ProtocolError("invalid", invalid, errors)
-    return trip_id
-
-
-def _trip_id(fields: dict[str, Any], errors: dict[str, list[str]]) -> str:
-    value = fields.get("id")
-    if not isinstance(value, str) or not value:
-        errors["id"] = ["This field is required."]
-        return ""
-    return value
-
-
-def _status(fields: dict[str, Any], errors: dict[str, list[str]]) -> TripStatus | None:
-    value = fields.get("status")
-    if value is None:
-        errors["status"] = ["This field is required."]
-        return None
-    try:
-        return TripStatus(value)
-    except ValueError:
-        errors["status"] = [f'"{value}" is not a valid choice.']
-        return None
-
-
-def _number(
-    fields: dict[str, Any],
-    name: str,
-    low: float,
-    high: float,
-    errors: dict[str, list[str]],
-    *,
-    required: bool = False,
-) -> float | None:
-    value = fields.get(name)
-    if value is None:
-        if required:
-            errors[name] = ["This field is required."]
-        return None
-    if isinstance(value, bool) or not isinstance(value, NUMBER) or not low <= value <= high:
-        errors[name] = [f"Must be a number from {low} to {high}."]
-        return None
-    return float(value)
+        raise ProtocolError("invalid", invalid, {name: ["Must be your own user id."]})
 
 
 def _transition(current: TripStatus, wanted: TripStatus) -> ProtocolError:

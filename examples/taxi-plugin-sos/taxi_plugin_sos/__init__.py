@@ -29,6 +29,19 @@ from taxi_tornado.plugins import (
 MAX_NOTE = 500
 STAFF = "staff"
 V2 = 2
+# JSON Schemas (draft 2020-12) of each type's `data`, of its reply and of its events: the
+# server checks a frame against its schema before the handler runs, and lists them all
+# in GET /api/asyncapi.json.
+TRIP = {"type": "string", "minLength": 1, "description": "the trip's id"}
+ALERT = {"type": "object", "required": ["trip"],
+         "properties": {"trip": TRIP, "note": {"type": "string", "maxLength": MAX_NOTE}}}
+ACK = {"type": "object", "required": ["trip"], "properties": {"trip": TRIP}}
+SENT = ACK
+ALERTED = {"type": "object", "required": ["trip", "from", "note", "repeat"],
+           "properties": {"trip": TRIP, "from": {"type": "string"}, "note": {"type": "string"},
+                          "repeat": {"type": "integer", "minimum": 0}}}
+ACKNOWLEDGED = {"type": "object", "required": ["trip", "by"],
+                "properties": {"trip": TRIP, "by": {"type": "string"}}}
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,11 @@ class Alert:
 
 def setup(registry: Registry) -> None:
     desk = SosDesk(registry.settings(SosSettings))
-    registry.add_message_type("sos.alert", desk.raise_alert)
-    registry.add_message_type("sos.ack", desk.acknowledge)
+    registry.add_message_type("sos.alert", desk.raise_alert, schema=ALERT,
+                              reply={"sos.sent": SENT}, events={"sos.alert": ALERTED})
+    registry.add_message_type("sos.ack", desk.acknowledge, schema=ACK, senders=(STAFF,),
+                              reply={"sos.acknowledged": ACKNOWLEDGED},
+                              events={"sos.acknowledged": ACKNOWLEDGED})
     registry.on_connect(desk.join_alert_group)
     registry.add_route("/api/sos/alerts/", desk.open_alerts)
     registry.every(desk.settings.check_every, desk.realert)
