@@ -1,0 +1,38 @@
+"""The one exception a request raises, so that an app handles server and link failures
+in one `except` and tells them apart by `code`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+FieldErrors = Mapping[str, list[str]]
+
+
+class TaxiError(Exception):
+    """Why a request failed.
+
+    `code` is the server's error code (`invalid`, `forbidden`, `conflict`, ...: the
+    error frame's `data.code`) or one of the client's own:
+
+    - `timeout`: no reply within the request's timeout, counted from the `request()` call;
+    - `closed`: the client was closed (`close()`) before the reply;
+    - `disconnected`: the link dropped before the reply of a request that is not safe to
+      send twice (not a keyed type): it may or may not have been handled;
+    - `queue_full`: the client is not connected and already holds `queue_limit`
+      (default 100) requests waiting for a socket;
+    - `too_big`: the server closed the link with 1009 while the request was in flight
+      (a frame larger than it takes); it is not sent again.
+
+    `errors` holds the field errors of an `invalid` reply (top-level field of `data` to
+    its messages), and is empty otherwise.
+    """
+
+    def __init__(self, code: str, detail: str = "",
+                 errors: FieldErrors | None = None) -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+        self.errors: dict[str, list[str]] = dict(errors or {})
+
+    def __repr__(self) -> str:
+        return f"TaxiError({self.code!r}, {self.detail!r}, {self.errors!r})"
