@@ -6,6 +6,13 @@ the open alerts at GET /api/sos/alerts/, acknowledge one with `sos.ack`, and hea
 unanswered alert again every `realert_after` seconds. Events go to v2 clients only: the
 course's v1 client would take any frame for a trip.
 
+Everything an alert costs the operators is bounded: alerts are taken for live trips, or
+trips that ended within `ended_grace` seconds (an alarm right after a ride is real; one
+about last week's ride is not the SOS button's business); a trip has at most one open
+alert (raising it again repeats nothing); a user holds at most `per_user` open alerts and
+the desk at most `max_open`; and an alert whose trip ended longer ago than `ended_grace`
+leaves the desk instead of being sent again.
+
 Alerts live in the memory of the process that took them: with several server processes,
 each re-alerts and lists its own.
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taxi_tornado.plugins import (
@@ -25,6 +32,7 @@ from taxi_tornado.plugins import (
     Registry,
     Request,
 )
+from taxi_tornado.store import Trip
 
 MAX_NOTE = 500
 STAFF = "staff"
@@ -51,6 +59,9 @@ class SosSettings:
     alert_group: str = "sos"  # the hub group that hears every alert; staff join it
     realert_after: float = 60.0  # seconds before an unanswered alert is sent again
     check_every: float = 5.0  # seconds between two looks for unanswered alerts
+    ended_grace: float = 300.0  # seconds after a trip ended that alerts about it are taken
+    per_user: int = 3  # open alerts one user may hold
+    max_open: int = 200  # open alerts the desk holds
 
 
 @dataclass
@@ -105,12 +116,33 @@ class SosDesk:
         trip = await conn.store.get_trip(trip_id)
         if trip is None or conn.user.id not in (trip.rider_id, trip.driver_id):
             raise ProtocolError("not_found", "No such trip.")
+        sent = {"type": "sos.sent", "data": {"trip": trip.id}}
+        if trip.id in self.alerts:
+            return sent  # open already: the staff hear it until one of them answers
+        if self.ended_long_ago(trip):
+            raise ProtocolError("forbidden", "This trip ended too long ago for an SOS "
+                                "alert: call the operator.")
+        self.make_room(conn.user.id)
         alert = Alert(trip.id, conn.user.id, note)
         self.alerts[trip.id] = alert
         await conn.send_group(trip.id, alert.message(), exclude_self=True, min_version=V2)
         await conn.send_group(self.settings.alert_group, alert.message(), exclude_self=True,
                               min_version=V2)
-        return {"type": "sos.sent", "data": {"trip": trip.id}}
+        return sent
+
+    def ended_long_ago(self, trip: Trip) -> bool:
+        """Whether the trip is over, and was so for longer than ended_grace."""
+        grace = timedelta(seconds=self.settings.ended_grace)
+        return trip.status.is_final and datetime.now(UTC) - trip.updated > grace
+
+    def make_room(self, sender: str) -> None:
+        """Refuse an alert past the sender's share or the desk's size (`rate_limited`)."""
+        if len(self.alerts) >= self.settings.max_open:
+            raise ProtocolError("rate_limited", "The SOS desk is full: call the operator.")
+        held = sum(alert.sender == sender for alert in self.alerts.values())
+        if held >= self.settings.per_user:
+            raise ProtocolError("rate_limited", f"You have {held} open SOS alerts: the "
+                                "staff are on them.")
 
     async def acknowledge(self, conn: Connection, data: Any) -> dict[str, Any]:
         """Staff answer an alert: the trip hears that help is on its way."""
@@ -132,10 +164,17 @@ class SosDesk:
         return [alert.to_json() for alert in self.alerts.values()]
 
     async def realert(self, context: PluginContext) -> None:
-        """Send every alert nobody acknowledged within realert_after seconds again."""
+        """Send every alert nobody acknowledged within realert_after seconds again; one
+        whose trip ended longer ago than ended_grace leaves the desk instead."""
         now = time.monotonic()
         for alert in list(self.alerts.values()):
             if now - alert.sent_at >= self.settings.realert_after:
+                trip = await context.store.get_trip(alert.trip)
+                if trip is None or self.ended_long_ago(trip):
+                    self.alerts.pop(alert.trip, None)
+                    context.log.info("SOS alert for trip %s closed: the trip ended",
+                                     alert.trip)
+                    continue
                 alert.repeat += 1
                 alert.sent_at = now
                 await context.publish(self.settings.alert_group, alert.message(),

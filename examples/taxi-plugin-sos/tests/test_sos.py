@@ -7,6 +7,8 @@ after `pip install -e '.[test]'`.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -147,3 +149,118 @@ async def test_riders_may_not_list_alerts_and_strangers_need_a_token(
     assert anonymous.status == 401
     assert anonymous.json == {"detail": "Token is invalid or expired",
                               "code": "token_not_valid"}
+
+
+# --- what one user can make the desk carry -------------------------------------------------
+
+async def no_more(desk: SocketClient, type: str, timeout: float) -> None:
+    """No frame of `type` comes within `timeout` (desks also hear other events)."""
+    with pytest.raises(AssertionError, match=re.escape(f"expected a frame of type '{type}'")):
+        await desk.receive(type, timeout=timeout)
+
+
+async def test_a_trip_has_one_open_alert_raising_it_again_repeats_nothing(
+    taxi_server: TaxiServer,
+) -> None:
+    staff = await taxi_server.staff()
+    desk = await staff.connect()
+    rider, rider_socket, driver_socket, trip = await trip_with_sockets(taxi_server)
+    await rider_socket.request("sos.alert", {"trip": trip, "note": "first"})
+    assert await desk.receive("sos.alert") == alert(trip, rider.id, "first")
+
+    again = await rider_socket.request("sos.alert", {"trip": trip, "note": "second"})
+    also = await driver_socket.request("sos.alert", {"trip": trip, "note": "third"})
+
+    assert again["type"] == also["type"] == "sos.sent"
+    await no_more(desk, "sos.alert", timeout=0.5)
+    [listed] = (await staff.http.get("/api/sos/alerts/")).json
+    assert (listed["note"], listed["from"]) == ("first", rider.id)
+
+
+async def canceled_trip(rider_socket: SocketClient) -> str:
+    trip = (await rider_socket.request("trip.request", {"pick_up_address": "A",
+                                                        "drop_off_address": "B"}))["data"]
+    canceled = await rider_socket.request("trip.cancel", {"id": trip["id"]})
+    assert canceled["data"]["status"] == "CANCELED"
+    trip_id: str = trip["id"]
+    return trip_id
+
+
+async def test_an_alert_just_after_a_trip_ended_is_taken(taxi_rider: TaxiUser) -> None:
+    socket = await taxi_rider.connect()
+    trip = await canceled_trip(socket)
+
+    reply = await socket.request("sos.alert", {"trip": trip, "note": "left my bag"})
+
+    assert (reply["type"], reply["data"]) == ("sos.sent", {"trip": trip})
+
+
+@pytest.mark.taxi_settings(plugins={"sos": {"ended_grace": 0}})
+async def test_an_alert_about_a_trip_that_ended_before_the_grace_is_refused(
+    taxi_server: TaxiServer,
+) -> None:
+    staff = await taxi_server.staff()
+    desk = await staff.connect()
+    socket = await (await taxi_server.rider()).connect()
+    trip = await canceled_trip(socket)
+
+    reply = await socket.request("sos.alert", {"trip": trip})
+
+    assert reply["type"] == "error" and reply["data"]["code"] == "forbidden"
+    assert "ended too long ago" in reply["data"]["detail"]
+    await no_more(desk, "sos.alert", timeout=0.3)
+    assert (await staff.http.get("/api/sos/alerts/")).json == []
+
+
+@pytest.mark.taxi_settings(plugins={"sos": {"per_user": 2}})
+async def test_a_user_holds_at_most_per_user_open_alerts(taxi_rider: TaxiUser) -> None:
+    socket = await taxi_rider.connect()
+    trips = [(await socket.request("trip.request", {"pick_up_address": "A",
+                                                    "drop_off_address": "B"}))["data"]["id"]
+             for _ in range(3)]
+
+    replies = [await socket.request("sos.alert", {"trip": trip}) for trip in trips]
+
+    assert [reply["type"] for reply in replies[:2]] == ["sos.sent"] * 2
+    assert replies[2]["data"]["code"] == "rate_limited"
+
+
+@pytest.mark.taxi_settings(plugins={"sos": {"max_open": 1}})
+async def test_the_desk_holds_at_most_max_open_alerts(taxi_server: TaxiServer) -> None:
+    first, second = [await (await taxi_server.rider()).connect() for _ in range(2)]
+    trips = [(await socket.request("trip.request", {"pick_up_address": "A",
+                                                    "drop_off_address": "B"}))["data"]["id"]
+             for socket in (first, second)]
+
+    taken = await first.request("sos.alert", {"trip": trips[0]})
+    refused = await second.request("sos.alert", {"trip": trips[1]})
+
+    assert taken["type"] == "sos.sent"
+    assert refused["data"]["code"] == "rate_limited"
+    assert "desk is full" in refused["data"]["detail"]
+
+
+@pytest.mark.taxi_settings(plugins={"sos": {**FAST_REALERT["sos"], "ended_grace": 0.2}})
+async def test_an_alert_whose_trip_ended_leaves_the_desk_instead_of_ringing_again(
+    taxi_server: TaxiServer,
+) -> None:
+    staff = await taxi_server.staff()
+    desk = await staff.connect()
+    _, rider_socket, driver_socket, trip = await trip_with_sockets(taxi_server)
+    await rider_socket.request("sos.alert", {"trip": trip})
+    await desk.receive("sos.alert")
+
+    done = await driver_socket.request("trip.update", {"id": trip, "status": "COMPLETED"})
+    assert done["data"]["status"] == "COMPLETED"
+
+    for _ in range(50):  # bounded: 5 s
+        if (await staff.http.get("/api/sos/alerts/")).json == []:
+            break
+        await asyncio.sleep(0.1)
+    assert (await staff.http.get("/api/sos/alerts/")).json == []
+    while True:  # the repeats sent before the trip's grace ran out
+        try:
+            await desk.receive("sos.alert", timeout=0.05)
+        except AssertionError:
+            break
+    await no_more(desk, "sos.alert", timeout=1.0)  # past realert_after, three times over
