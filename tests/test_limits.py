@@ -380,3 +380,20 @@ async def test_the_quotas_per_rider_locks_go_once_the_requests_are_answered(
     assert len(quota) == 0
     assert (await trip_request(phone))["data"]["code"] == "forbidden"  # one at a time
     assert len(quota) == 0
+
+
+async def test_a_repeat_answered_from_its_key_spends_nothing(
+    tmp_path: Path, start: Start,
+) -> None:
+    server: RunningServer = await start(make_settings(
+        tmp_path, limits={"trip_requests": 1, "trips_per_rider": 0}))
+    rider, token = await server.user("rider@example.com")
+    phone = await server.connect(token)
+    frame = {"type": "trip.request", "key": "ride-1",
+             "data": {"pick_up_address": "A", "drop_off_address": "B"}}
+    first = await phone.request(frame)
+    again = await phone.request(frame)  # the same key: the first reply, nothing spent
+    assert first["type"] == "trip.updated" and again == first
+    other = await phone.request({**frame, "key": "ride-2"})
+    assert other["data"]["code"] == "rate_limited"  # the one of this minute went first
+    assert len(await server.store.active_trip_ids(rider.id)) == 1
