@@ -309,13 +309,13 @@ export class TaxiClient {
     this.timer = setTimeout(() => void this.dial(), delay);
   }
 
-  /** Refresh before the token's exp: a minute before, or a quarter of its life if shorter. */
+  /** Refresh before the token's exp: a minute before, or halfway through a shorter life. */
   private scheduleRefresh(atLeast: number): void {
     clearTimeout(this.refreshTimer);
     const exp = tokenExpiry(this.token);
     if (!this.live || exp === undefined) return;
     const left = exp - Date.now();
-    const delay = Math.max(atLeast, left - Math.min(REFRESH_MARGIN, left / 4));
+    const delay = Math.max(atLeast, left - Math.min(REFRESH_MARGIN, left / 2));
     this.refreshTimer = setTimeout(() => void this.refresh(), delay);
   }
 

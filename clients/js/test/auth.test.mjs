@@ -12,11 +12,11 @@ before(async () => {
   server = await startServer({ TAXI_AUTH_ACCESS_TTL: String(TTL), TAXI_AUTH_REFRESH_GRACE: "1", TAXI_AUTH_LEEWAY: "0" });
 });
 
-after(() => server.stop());
+after(() => server?.stop());
 
 const TRIP = { pick_up_address: "Station", drop_off_address: "Airport" };
 
-test("the socket outlives several token expiries without a 4001", async () => {
+test("the socket outlives several token expiries without a 4001", { timeout: 30_000 }, async () => {
   const rider = await makeUser(server, "rider");
   let tokens = 0;
   const client = clientFor(rider, server.url, { getToken: () => (tokens++, rider.getToken()) });
@@ -37,7 +37,7 @@ test("the socket outlives several token expiries without a 4001", async () => {
   }
 });
 
-test("after a 4001 it reconnects with a new token", async () => {
+test("after a 4001 it reconnects with a new token", { timeout: 30_000 }, async () => {
   const rider = await makeUser(server, "rider");
   let release;
   const withheld = new Promise((resolve) => (release = resolve));

@@ -47,11 +47,11 @@ before(async () => {
 });
 
 after(async () => {
-  await new Promise((resolve) => pages.close(resolve));
-  await server.stop();
+  if (pages) await new Promise((resolve) => pages.close(resolve));
+  await server?.stop();
 });
 
-test("in Chromium the package connects, requests and receives an event", async () => {
+test("in Chromium the package connects, requests and receives an event", { timeout: 30_000 }, async () => {
   const { chromium } = await import("playwright-core");
   const rider = await makeUser(server, "rider");
   const driver = clientFor(await makeUser(server, "driver"), server.url);

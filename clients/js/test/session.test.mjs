@@ -15,7 +15,7 @@ before(async () => {
 
 after(async () => {
   for (const step of cleanup.reverse()) await step();
-  await server.stop();
+  await server?.stop();
 });
 
 /** A connected client of a new user of `group`, on a proxy of its own when `proxied`. */
@@ -33,7 +33,7 @@ async function connected(group, proxied = true) {
 
 const TRIP = { pick_up_address: "Station", drop_off_address: "Airport" };
 
-test("events missed while the link was cut arrive once and in order, then live ones follow", async () => {
+test("events missed while the link was cut arrive once and in order, then live ones follow", { timeout: 30_000 }, async () => {
   const rider = await connected("rider");
   const driver = await connected("driver", false);
   const heard = [];
@@ -72,7 +72,7 @@ test("events missed while the link was cut arrive once and in order, then live o
   assert.deepEqual(group, { recovered: true, missed: 5 });
 });
 
-test("a trip.request whose reply was lost to a cut resolves after the reconnect with the one trip", async () => {
+test("a trip.request whose reply was lost to a cut resolves after the reconnect with the one trip", { timeout: 30_000 }, async () => {
   const rider = await connected("rider");
   rider.proxy.blackhole("down");
   const reply = rider.client.request("trip.request", TRIP, { timeout: 8_000 });
@@ -89,7 +89,7 @@ test("a trip.request whose reply was lost to a cut resolves after the reconnect 
   assert.deepEqual(trips.map((t) => t.id), [made.id], "exactly one trip on the server");
 });
 
-test("requests made while disconnected go out, in order, once the link is back", async () => {
+test("requests made while disconnected go out, in order, once the link is back", { timeout: 30_000 }, async () => {
   const rider = await connected("rider");
   rider.proxy.refuse(true);
   rider.proxy.cut();
@@ -106,7 +106,7 @@ test("requests made while disconnected go out, in order, once the link is back",
   assert.deepEqual(trips.map((t) => t.id).sort(), [one.id, two.id].sort());
 });
 
-test("a request without a reply in time rejects with timeout", async () => {
+test("a request without a reply in time rejects with timeout", { timeout: 30_000 }, async () => {
   const rider = await connected("rider");
   rider.proxy.blackhole("down");
   const started = Date.now();
@@ -115,7 +115,7 @@ test("a request without a reply in time rejects with timeout", async () => {
   assert.ok(Date.now() - started >= 290);
 });
 
-test("an error frame rejects with the code, the detail and the field errors", async () => {
+test("an error frame rejects with the code, the detail and the field errors", { timeout: 30_000 }, async () => {
   const rider = await connected("rider", false);
   await assert.rejects(rider.client.request("trip.request", { pick_up_address: "" }), (error) => {
     assert.ok(error instanceof TaxiError);
@@ -126,7 +126,7 @@ test("an error frame rejects with the code, the detail and the field errors", as
   });
 });
 
-test("close() ends it: pending requests reject with closed and nothing reconnects", async () => {
+test("close() ends it: pending requests reject with closed and nothing reconnects", { timeout: 30_000 }, async () => {
   const rider = await connected("rider");
   rider.proxy.blackhole("down");
   const states = [];
@@ -143,7 +143,7 @@ test("close() ends it: pending requests reject with closed and nothing reconnect
   assert.equal(rider.client.state, "closed");
 });
 
-test("the token travels as a bearer. subprotocol beside taxi.v2, never in the URL", async () => {
+test("the token travels as a bearer. subprotocol beside taxi.v2, never in the URL", { timeout: 30_000 }, async () => {
   const { default: WebSocket } = await import("ws");
   const seen = [];
   class Spy extends WebSocket {
