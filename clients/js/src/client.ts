@@ -35,6 +35,8 @@ export interface TaxiClientOptions {
   reconnect?: { minDelay?: number; maxDelay?: number };
   /** Milliseconds a request waits for its reply, from the `request()` call. */
   requestTimeout?: number;
+  /** A plugin's keyed types, beside those the server's document marks (KEYED_TYPES). */
+  keyedTypes?: string[];
 }
 
 /** The data of `session.resumed`: per group listed, whether its events were replayed. */
@@ -73,7 +75,6 @@ interface Pending {
   timer: unknown;
 }
 
-const KEYED = new Set(KEYED_TYPES);
 const QUEUE_LIMIT = 100;
 const REFRESH_MARGIN = 60_000;
 
@@ -89,6 +90,7 @@ export class TaxiClient {
   private readonly listeners = new Map<string, Set<Listener>>();
   private readonly pending = new Map<number, Pending>();
   private readonly positions = new Positions();
+  private readonly keyed: Set<string>;
   private current: ClientState = "disconnected";
   private socket: WebSocketLike | undefined; // the newest socket, open or opening
   private live: WebSocketLike | undefined; // the same, once open
@@ -106,6 +108,7 @@ export class TaxiClient {
     if (!WS) throw new TypeError("no WebSocket here: pass one as options.WebSocket (on Node 20, the ws package's)");
     this.options = options;
     this.WS = WS;
+    this.keyed = new Set([...KEYED_TYPES, ...(options.keyedTypes || [])]);
   }
 
   get state(): ClientState {
@@ -168,7 +171,7 @@ export class TaxiClient {
       return reject(new TaxiError("queue_full", `${QUEUE_LIMIT} requests already wait for a connection`));
     }
     const id = this.nextId++;
-    const keyed = KEYED.has(type);
+    const keyed = this.keyed.has(type);
     const frame: Record<string, unknown> = { type, data, id };
     if (keyed) frame.key = newKey();
     const timer = setTimeout(() => this.settle(id, new TaxiError("timeout", `no reply to ${type} within ${timeout} ms`)), timeout);
