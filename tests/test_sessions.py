@@ -22,11 +22,12 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 from websockets.exceptions import InvalidStatus
 
-from examples.mobile_client import MobileClient
 from taxi_tornado.auth import TokenAuthority
+from taxi_tornado.client import TaxiClient
 from taxi_tornado.hub import HistoryLimits, Hub, MemoryBroker, MemoryHistory, Position, Replay
 from taxi_tornado.settings import Settings, SettingsError, load_settings
 from tests.conftest import Client, RunningServer, make_settings
+from tests.link_proxy import LinkProxy, until
 from tests.redis_server import SHARED_REDIS
 
 Start = Callable[[Settings], Awaitable[RunningServer]]
@@ -196,47 +197,58 @@ async def test_a_group_send_builds_one_frame_for_v2_members_and_one_for_v1() -> 
 
 # --- resume ----------------------------------------------------------------------------
 
-async def start_rider(server: RunningServer, name: str = "rider") -> tuple[MobileClient, str]:
-    user, token = await server.user(name)
-    client = MobileClient([server.url], token, server.tokens.issue_refresh(user.id))
-    await client.start()
-    assert await client.next_resume() == {"groups": {}}
-    return client, user.id
+@pytest.fixture
+async def link(any_hub: RunningServer) -> AsyncIterator[LinkProxy]:
+    """The phone's link to the server: a TCP proxy the test cuts."""
+    proxy = LinkProxy(any_hub.port)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
 
 
 async def test_rider_cut_mid_trip_gets_the_missed_events_in_order_then_live_ones(
-    any_hub: RunningServer,
+    any_hub: RunningServer, link: LinkProxy
 ) -> None:
-    rider, _ = await start_rider(any_hub)
+    user, _ = await any_hub.user("rider")
+    rider = TaxiClient(link.url, lambda: any_hub.tokens.issue_access(user, any_hub.url),
+                       reconnect=(0.05, 0.2))
+    events: list[dict[str, Any]] = []
+    resumed: list[Any] = []
+    rider.on("trip.updated", lambda _, frame: events.append(frame))
+    rider.on("driver.location", lambda _, frame: events.append(frame))
+    rider.on("resumed", resumed.append)
+    await rider.connect()
     _, driver_token = await any_hub.user("driver", "driver")
     driver = await any_hub.connect(driver_token, v2=True)
-    trip = (await rider.request("trip.request", {"pick_up_address": "A",
-                                                 "drop_off_address": "B"}))["data"]
+    trip = await rider.request("trip.request", {"pick_up_address": "A",
+                                                "drop_off_address": "B"})
     await driver.receive()
     await driver.request({"type": "trip.update", "data": {"id": trip["id"],
                                                           "status": "STARTED"}})
-    started = await rider.next_event()
-    assert started["data"]["status"] == "STARTED" and started["pos"]["offset"] == 1
+    await until(lambda: events, "the STARTED event")
+    assert events[0]["data"]["status"] == "STARTED" and events[0]["pos"]["offset"] == 1
 
-    rider.network_lost()  # a tunnel: no close frame
+    link.offline()  # a tunnel: no close frame
+    await until(lambda: rider.state != "connected", "the client to notice the drop")
     await driver.request({"type": "trip.update", "data": {"id": trip["id"],
                                                           "status": "IN_PROGRESS"}})
     await driver.send({"type": "driver.location", "data": {"lat": 52.5, "lng": 13.4}})
     await driver.request({"type": "echo.message"})  # the location went out before this
-    rider.network_back()
+    link.online()
 
-    assert await rider.next_resume() == {
-        "groups": {trip["id"]: {"recovered": True, "missed": 2}}}
-    missed = [await rider.next_event(), await rider.next_event()]
-    assert [event["pos"]["offset"] for event in missed] == [2, 3]
-    assert missed[0]["data"]["status"] == "IN_PROGRESS"
-    assert missed[1]["type"] == "driver.location"
+    await until(lambda: resumed, "session.resumed")
+    assert resumed == [{"groups": {trip["id"]: {"recovered": True, "missed": 2}}}]
+    await until(lambda: len(events) == 3, "the missed events")
+    assert [event["pos"]["offset"] for event in events[1:]] == [2, 3]
+    assert events[1]["data"]["status"] == "IN_PROGRESS"
+    assert events[2]["type"] == "driver.location"
     await driver.request({"type": "trip.update", "data": {"id": trip["id"],
                                                           "status": "COMPLETED"}})
-    live = await rider.next_event()
-    assert live["data"]["status"] == "COMPLETED" and live["pos"]["offset"] == 4
-    assert rider.events.empty() and rider.reloads == 1  # only the first connect loaded
-    await rider.stop()
+    await until(lambda: len(events) == 4, "the live COMPLETED")
+    assert events[3]["data"]["status"] == "COMPLETED" and events[3]["pos"]["offset"] == 4
+    await asyncio.sleep(0.2)
+    assert len(events) == 4, "an event came twice"
+    await rider.close()
 
 
 async def test_events_received_live_before_the_resume_frame_are_not_sent_again(
@@ -583,22 +595,21 @@ async def test_a_user_deleted_meanwhile_cannot_refresh(server: RunningServer) ->
     assert reply["data"]["code"] == "token_not_valid", reply
 
 
-async def test_the_reference_client_refreshes_before_expiry(
+async def test_the_python_client_refreshes_before_expiry(
     short_tokens: RunningServer,
 ) -> None:
     server = short_tokens
-    user, token = await server.user("driver", "driver")
-    client = MobileClient([server.url], token, server.tokens.issue_refresh(user.id),
-                          refresh_margin=1.0)
-    await client.start()
-    await client.next_resume()
+    user, _ = await server.user("driver", "driver")
+    client = TaxiClient(server.ws_url, lambda: server.tokens.issue_access(user, server.url))
+    closes: list[Any] = []
+    client.on("disconnect", closes.append)
+    await client.connect()
     deadline = time.time() + 4.5  # two token lifetimes and the grace
     while time.time() < deadline:
         await asyncio.sleep(0.1)
-    assert client.connects == 1 and client.ended is None  # never closed with 4001
-    reply = await client.request("echo.message", "still here")
-    assert reply["data"] == "still here"
-    await client.stop()
+    assert closes == [] and client.state == "connected"  # never closed with 4001
+    assert await client.request("echo.message", "still here") == "still here"
+    await client.close()
 
 
 async def test_connect_reads_the_socket_through_tornado_too(server: RunningServer) -> None:
