@@ -259,6 +259,37 @@ async def test_an_error_frame_raises_its_code_detail_and_field_errors(
     await rider.close()
 
 
+async def test_a_driver_sends_positions_without_replies_and_not_while_offline(
+    server: RunningServer, proxy: LinkProxy
+) -> None:
+    driver_user, _ = await server.user("driver", "driver")
+    driver = TaxiClient(proxy.url, token_source(server, driver_user), reconnect=FAST)
+    errors: list[Any] = []
+    driver.on("error", lambda data, _frame: errors.append(data))
+    await driver.connect()
+    _, rider_token = await server.user("rider")
+    rider = await server.connect(rider_token, v2=True)
+    trip = (await rider.request({"type": "trip.request", "data": TRIP}))["data"]
+    claimed = await driver.request("trip.update", {"id": trip["id"], "status": "STARTED"})
+    assert claimed["driver"]["id"] == driver_user.id
+    assert (await rider.receive())["data"]["status"] == "STARTED"
+
+    assert await driver.send("driver.location", {"lat": 52.5, "lng": 13.4}) is True
+    location = await rider.receive()
+    assert location["type"] == "driver.location" and location["data"]["lat"] == 52.5
+    assert await driver.send("driver.location", {"lat": 91, "lng": 0}) is True
+    await until(lambda: errors, "the error frame")
+    assert errors[0]["code"] == "invalid" and errors[0]["for"] == "driver.location"
+
+    proxy.offline()
+    await until(lambda: driver.state != "connected", "the client to notice the drop")
+    assert await driver.send("driver.location", {"lat": 52.6, "lng": 13.4}) is False
+    proxy.online()
+    await driver.connect()
+    await rider.nothing()  # the position from the tunnel was not kept for later
+    await driver.close()
+
+
 async def test_close_ends_it_for_good(server: RunningServer, proxy: LinkProxy) -> None:
     rider, _ = await rider_client(server, proxy)
     seen = Recorder(rider)

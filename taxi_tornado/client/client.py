@@ -272,6 +272,25 @@ class TaxiClient:
             if frame_id in self._pending:  # the caller was cancelled: nobody waits now
                 self._settle(frame_id, None, None)
 
+    async def send(self, type: str, data: Any = None) -> bool:
+        """Send a frame that gets no reply (`driver.location`) on the live socket, and
+        say whether it went out. Not queued and not sent again: a position is worth
+        nothing late, and the next one replaces it. An error frame it causes comes to
+        the "error" listeners."""
+        if self._closed():
+            raise _closed_error()
+        socket = self._live
+        if socket is None:
+            return False
+        frame: dict[str, Any] = {"type": type}
+        if data is not None:
+            frame["data"] = data
+        try:
+            await socket.send(orjson.dumps(frame).decode())
+        except (ConnectionClosed, OSError):
+            return False
+        return True
+
     # --- requests ----------------------------------------------------------------------
 
     def _add(self, type: str, data: Any, timeout: float | None,
