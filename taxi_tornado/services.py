@@ -17,6 +17,7 @@ from taxi_tornado.dispatch.service import Dispatch
 from taxi_tornado.handlers.expiry import TokenExpiry
 from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.hub import HistoryLimits, Hub, build_broker
+from taxi_tornado.idempotency import Idempotency, RedisKeys, RequestKeys
 from taxi_tornado.monitor import Monitor, SocketCensus
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
@@ -42,6 +43,7 @@ class Services:
     tokens: TokenAuthority
     plugin_tasks: PluginTasks
     dispatch: Dispatch
+    idempotency: Idempotency  # keyed frames: answered once per (user, key)
     plugins: list[PluginInfo] = field(default_factory=list)
     sockets: set[TaxiSocket] = field(default_factory=set)
     census: SocketCensus = field(default_factory=SocketCensus)  # kept beside `sockets`
@@ -79,6 +81,11 @@ def build_services(settings: Settings, registry: Registry | None = None,
     hub = Hub(build_broker(settings.hub.url, settings.hub.prefix,
                            HistoryLimits(settings.hub.history_size, settings.hub.history_ttl,
                                          settings.hub.history_bytes)))
+    dispatch = Dispatch(settings, hub, store, registry)
+    # Keys live where every process sharing the hub sees them: in Redis with a Redis hub
+    # (through the dispatch's client, which it closes), else in the store.
+    keys: RequestKeys = store if dispatch.redis is None else RedisKeys(dispatch.redis,
+                                                                       settings.hub.prefix)
     return Services(
         settings=settings,
         store=store,
@@ -86,6 +93,7 @@ def build_services(settings: Settings, registry: Registry | None = None,
         registry=registry,
         tokens=TokenAuthority(settings.auth),
         plugin_tasks=PluginTasks(registry, hub, store, settings),
-        dispatch=Dispatch(settings, hub, store, registry),
+        dispatch=dispatch,
+        idempotency=Idempotency(keys, settings.limits.idempotency_ttl),
         plugins=plugins or [],
     )

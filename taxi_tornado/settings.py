@@ -99,6 +99,7 @@ class LimitsSettings:
     sockets_per_user: int = 20
     trips_per_rider: int = 3
     trip_requests: int = 10
+    idempotency_ttl: float = 86400.0
     outbound_bytes: int = 1048576
 
 
@@ -394,6 +395,8 @@ def _validate(s: Settings) -> None:
          "limits.sockets_per_user: must not be negative (0 means no limit)"),
         (s.limits.trips_per_rider >= 0,
          "limits.trips_per_rider: must not be negative (0 means no limit)"),
+        (s.limits.idempotency_ttl > 0,
+         "limits.idempotency_ttl: must be a positive number of seconds"),
         (s.limits.trip_requests >= 0,
          "limits.trip_requests: must not be negative (0 turns it off)"),
         (s.limits.outbound_bytes >= 1, "limits.outbound_bytes: must be at least 1"),

@@ -17,6 +17,7 @@ import pytest
 
 from taxi_tornado.store import (
     LatLng,
+    RequestKey,
     Store,
     StoreError,
     Trip,
@@ -393,6 +394,38 @@ class StoreContract:
         assert [user.username for user in await store.find_users("rob", 2)] == ["rob", "Robert"]
         assert await store.find_users("robz", 10) == []
         assert [user.username for user in await store.find_users("", 2)] == ["ola", "Rita"]
+
+    # Idempotency keys: a block of its own (taxi_tornado/idempotency.py).
+
+    async def test_a_request_key_is_claimed_once_then_holds_its_answer(
+            self, store: Store) -> None:
+        assert await store.claim_key("u1", "k", "print-a", 60) is None
+        assert await store.claim_key("u1", "k", "print-b", 60) == RequestKey("print-a", None)
+        assert await store.claim_key("u2", "k", "print-b", 60) is None  # keys are per user
+        await store.remember_key("u1", "k", "print-a", b'{"type":"x"}', 60)
+        assert await store.claim_key("u1", "k", "print-a", 60) == RequestKey(
+            "print-a", b'{"type":"x"}')
+        await store.release_key("u1", "k")
+        assert await store.claim_key("u1", "k", "print-c", 60) is None
+
+    async def test_a_lapsed_request_key_is_claimed_anew(self, store: Store) -> None:
+        assert await store.claim_key("u1", "lease", "print-a", 0.05) is None
+        await store.remember_key("u1", "answered", "print-a", b"null", 0.05)
+        await asyncio.sleep(0.1)
+        assert await store.claim_key("u1", "lease", "print-b", 60) is None
+        assert await store.claim_key("u1", "answered", "print-b", 60) is None
+        assert await store.claim_key("u1", "answered", "print-c", 60) == RequestKey(
+            "print-b", None)
+
+    async def test_racing_claims_of_one_request_key_have_one_winner(
+            self, store: Store) -> None:
+        await store.claim_key("u1", "warm-up", "p", 60)  # the store is ready before the race
+        results = await asyncio.gather(*(store.claim_key("u1", "race", f"print-{number}", 60)
+                                         for number in range(8)))
+        winners = [number for number, result in enumerate(results) if result is None]
+        assert len(winners) == 1, results
+        assert {result for result in results if result is not None} == {
+            RequestKey(f"print-{winners[0]}", None)}
 
 
 async def riders(store: Store, *names: str) -> list[User]:

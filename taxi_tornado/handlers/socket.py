@@ -29,6 +29,7 @@ from taxi_tornado.auth import InvalidToken, token_from_request
 from taxi_tornado.frames import DecodeError, decode, encode, message_frame
 from taxi_tornado.handlers.base import SERVER_ERROR, TOKEN_INVALID, base_url, origin_allowed
 from taxi_tornado.handlers.stream_writer import StreamWriter, socket_stream
+from taxi_tornado.idempotency import KEY_RULE, valid_key
 from taxi_tornado.plugins.api import MAX_TYPE_LENGTH, Connection, MessageType, ProtocolError
 
 if TYPE_CHECKING:
@@ -268,7 +269,8 @@ class TaxiSocket(WebSocketHandler):
         return run_inline(self._dispatch(conn, envelope))
 
     async def _dispatch(self, conn: Connection, envelope: Any) -> None:
-        """Envelope, type, sender and `data` checks, then the handler, then the answer."""
+        """Envelope, type, sender and `data` checks, then the handler (through the
+        idempotency step for a keyed type's frame with a `key`), then the answer."""
         if not isinstance(envelope, dict):
             self._send_error(conn, "invalid_message", "A frame must be a JSON object.",
                              None, None)
@@ -290,6 +292,10 @@ class TaxiSocket(WebSocketHandler):
                              f"`type` is longer than {MAX_TYPE_LENGTH} characters.",
                              None, frame_id)
             return
+        key = envelope.get("key")
+        if key is not None and not valid_key(key):
+            self._send_error(conn, "invalid_message", KEY_RULE, None, frame_id)
+            return
         entry = self.services.registry.types.get(message_type)
         if entry is None:
             self._send_error(conn, "unknown_type", f"No plugin handles {message_type!r}.",
@@ -307,7 +313,10 @@ class TaxiSocket(WebSocketHandler):
                 self._send_error(conn, "invalid", f"The {entry.canonical} data is not valid.",
                                  message_type, frame_id, errors)
                 return
-        answer = await self._handle(conn, entry, message_type, data)
+        if key is not None and entry.keyed:
+            answer = await self._handle_once(conn, entry, message_type, data, key)
+        else:
+            answer = await self._handle(conn, entry, message_type, data)
         if answer is None:
             return
         if frame_id is not None:
@@ -329,6 +338,19 @@ class TaxiSocket(WebSocketHandler):
                                message_type)
         finally:
             metrics.handler_seconds(message_type).observe(time.perf_counter() - started)
+
+    async def _handle_once(self, conn: Connection, entry: MessageType, message_type: str,
+                           data: Any, key: str) -> dict[str, Any] | None:
+        """A keyed frame: handled at most once per (user, key); a repeat gets the
+        remembered answer (idempotency.py)."""
+        try:
+            return await self.services.idempotency.answer(
+                conn.user.id, key, entry.canonical, message_type, data,
+                lambda: self._handle(conn, entry, message_type, data))
+        except Exception:  # the keys' store or Redis failed: the handler did not run
+            log.exception("idempotency step for %r failed", message_type)
+            return error_frame("internal", "The server could not handle this message.",
+                               message_type)
 
     def _answer(self, conn: Connection, answer: dict[str, Any]) -> None:
         """Send a reply or an error frame to the sender, counted as such."""

@@ -242,6 +242,33 @@ class Store(abc.ABC):
         """Users whose name starts with `prefix`, compared as usernames are (username_key),
         in that order, at most `limit`: operators look a user up by name, not by id."""
 
+    # Idempotent requests (taxi_tornado/idempotency.py): one round trip per call.
+
+    @abc.abstractmethod
+    async def claim_key(self, user_id: str, key: str, fingerprint: str,
+                        lease: float) -> RequestKey | None:
+        """Claim (user, key) for `lease` seconds, with `fingerprint` and no answer, and
+        return None; when it is held (claimed or answered, and not lapsed), change
+        nothing and return what it holds. Of racing claims exactly one gets None."""
+
+    @abc.abstractmethod
+    async def remember_key(self, user_id: str, key: str, fingerprint: str, answer: bytes,
+                           ttl: float) -> None:
+        """Hold `answer` under (user, key) for `ttl` seconds from now."""
+
+    @abc.abstractmethod
+    async def release_key(self, user_id: str, key: str) -> None:
+        """Forget (user, key), so that the next claim of it succeeds."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """What an idempotency key holds: the fingerprint of the request that claimed it,
+    and its remembered answer (None while that request is being handled)."""
+
+    fingerprint: str
+    answer: bytes | None
+
 
 def username_range(prefix: str) -> tuple[str, str]:
     """The keys that start with `prefix`'s key: at least the key, and below the key

@@ -32,6 +32,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from taxi_tornado.store import (
     ACTIVE_STATUSES,
     LatLng,
+    RequestKey,
     Store,
     StoreError,
     Trip,
@@ -62,6 +63,7 @@ TRIP_INDEXES = (
 WITHOUT_SECRETS = {"password_hash": 0}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FORBIDDEN_NAME_CHARACTERS = frozenset('/\\. "$\0')
+CLAIM_ATTEMPTS = 3  # a key released or lapsed between two calls is looked at again
 
 
 class MongoStore(Store):
@@ -75,6 +77,7 @@ class MongoStore(Store):
         self._database = self._client[self.database_name]
         self._users = self._database["users"]
         self._trips = self._database["trips"]
+        self._keys = self._database["request_keys"]
         self._opened = False
         self._indexed = False
 
@@ -242,6 +245,47 @@ class MongoStore(Store):
             documents = await cursor.to_list(None)
         return [_user(document) for document in documents]
 
+    # Idempotency keys (a block of its own: see Store.claim_key). `_id` names the (user,
+    # key) pair, so the unique _id index settles racing claims: one insert wins.
+
+    async def claim_key(self, user_id: str, key: str, fingerprint: str,
+                        lease: float) -> RequestKey | None:
+        pair = _key_id(user_id, key)
+        claim = {"fingerprint": fingerprint, "answer": None}
+        with _driver_errors("cannot claim a request key"):
+            await self._ensure_indexes()
+            for _ in range(CLAIM_ATTEMPTS):
+                moment = now()
+                expires = moment + timedelta(seconds=lease)
+                try:
+                    await self._keys.insert_one({"_id": pair, **claim, "expires": expires})
+                    return None
+                except DuplicateKeyError:
+                    pass
+                held = await self._keys.find_one({"_id": pair})
+                if held is not None and _aware(held["expires"]) > moment:
+                    return RequestKey(held["fingerprint"], held["answer"])
+                # Lapsed (the TTL monitor runs only once a minute): take it over, unless
+                # another claim did first; then look again.
+                taken = await self._keys.find_one_and_update(
+                    {"_id": pair, "expires": {"$lte": moment}},
+                    {"$set": {**claim, "expires": expires}})
+                if taken is not None:
+                    return None
+        raise StoreError("cannot claim a request key: it keeps changing")
+
+    async def remember_key(self, user_id: str, key: str, fingerprint: str, answer: bytes,
+                           ttl: float) -> None:
+        document = {"fingerprint": fingerprint, "answer": answer,
+                    "expires": now() + timedelta(seconds=ttl)}
+        with _driver_errors("cannot remember a request key"):
+            await self._keys.replace_one({"_id": _key_id(user_id, key)}, document,
+                                         upsert=True)
+
+    async def release_key(self, user_id: str, key: str) -> None:
+        with _driver_errors("cannot release a request key"):
+            await self._keys.delete_one({"_id": _key_id(user_id, key)})
+
     async def _ensure_indexes(self) -> None:
         """Create the indexes once per store; creating an existing index is a no-op."""
         if self._indexed:
@@ -249,6 +293,8 @@ class MongoStore(Store):
         await self._users.create_index("username_key", unique=True, name="username_key")
         for keys in TRIP_INDEXES:
             await self._trips.create_index(keys)
+        # MongoDB's TTL monitor deletes lapsed keys (about once a minute; reads check).
+        await self._keys.create_index("expires", expireAfterSeconds=0, name="expires")
         await self._refold_usernames()
         self._indexed = True
 
@@ -332,6 +378,16 @@ def _microseconds(moment: datetime) -> int:
 
 def _time(microseconds: int) -> datetime:
     return EPOCH + timedelta(microseconds=microseconds)
+
+
+def _key_id(user_id: str, key: str) -> str:
+    """One string per (user, key): a key never holds a newline, so the last one splits."""
+    return f"{user_id}\n{key}"
+
+
+def _aware(moment: datetime) -> datetime:
+    """A stored time as an aware datetime (a client without tz_aware gives naive UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _user_ids(documents: Iterable[Document]) -> list[str]:

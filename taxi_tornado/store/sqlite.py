@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import aiosqlite
 from taxi_tornado.store import (
     ACTIVE_STATUSES,
     LatLng,
+    RequestKey,
     Store,
     StoreError,
     Trip,
@@ -54,6 +56,16 @@ CREATE TABLE IF NOT EXISTS trips (
     drop_off_lat REAL,
     drop_off_lng REAL
 );
+CREATE TABLE IF NOT EXISTS request_keys (
+    user_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    answer BLOB,
+    expires REAL NOT NULL,
+    claim TEXT NOT NULL,
+    PRIMARY KEY (user_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS request_keys_expires ON request_keys(expires);
 CREATE INDEX IF NOT EXISTS trips_rider ON trips(rider_id, created);
 CREATE INDEX IF NOT EXISTS trips_driver ON trips(driver_id, created);
 CREATE INDEX IF NOT EXISTS trips_status ON trips(status, created);
@@ -82,6 +94,20 @@ ACTIVE_MARKS = ", ".join("?" for _ in ACTIVE_STATUSES)
 # Ids per `IN (…)` list: the active-trips query binds each twice, and 2 * 400 + 3 stays
 # under 999, the smallest variable limit an SQLite build may have.
 CHUNK = 400
+# One statement claims a key, takes over a lapsed one, or reads the one held: every
+# column keeps its value unless the row had lapsed (each CASE reads the old row), and the
+# claim token coming back says which happened.
+CLAIM_KEY = """
+INSERT INTO request_keys (user_id, key, fingerprint, answer, expires, claim)
+VALUES (:user, :key, :fingerprint, NULL, :expires, :claim)
+ON CONFLICT (user_id, key) DO UPDATE SET
+    fingerprint = CASE WHEN expires <= :now THEN excluded.fingerprint ELSE fingerprint END,
+    answer = CASE WHEN expires <= :now THEN NULL ELSE answer END,
+    claim = CASE WHEN expires <= :now THEN excluded.claim ELSE claim END,
+    expires = CASE WHEN expires <= :now THEN excluded.expires ELSE expires END
+RETURNING claim, fingerprint, answer
+"""
+PURGE_EVERY = 60.0  # seconds between two sweeps of lapsed keys
 LOCKED_RETRY_S = 10.0  # how long opening waits out a file other workers are setting up
 T = TypeVar("T")
 
@@ -95,6 +121,7 @@ class SQLiteStore(Store):
         # thread each, instead of one hop per asker.
         self._users = Coalescer(self._users_by_id)
         self._active_trips = Coalescer(self._active_trips_by_user)
+        self._purged_at = time.monotonic()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -336,6 +363,40 @@ class SQLiteStore(Store):
                  " AND username_key < ? ORDER BY username_key LIMIT ?")
         rows = await self._read(query, (*username_range(prefix), limit))
         return [User(*row) for row in rows]
+
+    # Idempotency keys (a block of its own: see Store.claim_key).
+
+    async def claim_key(self, user_id: str, key: str, fingerprint: str,
+                        lease: float) -> RequestKey | None:
+        moment, token = time.time(), uuid.uuid4().hex
+        rows = list(await self._write(CLAIM_KEY, {
+            "user": user_id, "key": key, "fingerprint": fingerprint,
+            "expires": moment + lease, "claim": token, "now": moment}))
+        claim, held_fingerprint, answer = rows[0]
+        return None if claim == token else RequestKey(held_fingerprint, answer)
+
+    async def remember_key(self, user_id: str, key: str, fingerprint: str, answer: bytes,
+                           ttl: float) -> None:
+        moment = time.time()
+        await self._write(
+            "INSERT OR REPLACE INTO request_keys"
+            " (user_id, key, fingerprint, answer, expires, claim) VALUES (?, ?, ?, ?, ?, '')",
+            (user_id, key, fingerprint, answer, moment + ttl))
+        if time.monotonic() - self._purged_at >= PURGE_EVERY:
+            self._purged_at = time.monotonic()
+            await self._write("DELETE FROM request_keys WHERE expires <= ?", (moment,))
+
+    async def release_key(self, user_id: str, key: str) -> None:
+        await self._write("DELETE FROM request_keys WHERE user_id = ? AND key = ?",
+                          (user_id, key))
+
+    async def _write(self, query: str, parameters: Any) -> Iterable[sqlite3.Row]:
+        """One round trip to aiosqlite's thread for a statement that writes (RETURNING
+        rows, if any); its failures become StoreError."""
+        try:
+            return await self.db.execute_fetchall(query, parameters)
+        except (sqlite3.Error, ValueError) as error:
+            raise StoreError(f"SQLite write failed: {error}") from error
 
 
 class Coalescer(Generic[T]):

@@ -1,0 +1,169 @@
+"""Idempotent requests: a keyed frame is handled at most once per (user, key).
+
+A phone that sent `trip.request` and lost its link before the reply sends the same frame
+again, with the same `key`, on its next socket, perhaps on another process. The first
+frame claims the key (one round trip to where keys live), runs its handler, and the
+answer, reply or error frame, is remembered for `limits.idempotency_ttl` seconds (a
+second round trip). A repeat finds the claim in the same single round trip it would have
+claimed with, and gets the remembered answer, `in_progress` while there is none yet, or
+`key_reused` when its type or `data` differ. Nothing else happens for a repeat.
+
+Keys live in the store (SQLite, MongoDB) with the in-process hub, and in Redis with the
+Redis hub, where every process sees them (services.py chooses). Frames without a key,
+and types that are not keyed, never come here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+from redis.asyncio import Redis
+
+from taxi_tornado.store import RequestKey
+
+log = logging.getLogger("taxi_tornado.idempotency")
+
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+KEY_RULE = "`key` must be a string of 1 to 64 characters from A-Z a-z 0-9 _ - . :"
+# How long a claim without an answer holds its key: a process that died mid-handler
+# leaves one behind, and the key may be tried again once it lapses.
+CLAIM_LEASE = 60.0
+# Error frames after which the same key may be tried again: they say nothing happened.
+NOT_REMEMBERED = frozenset({"rate_limited", "in_progress", "internal"})
+NO_REPLY = b"null"  # a handler that answers nothing is remembered as such
+# JSON numbers are one kind: 1 and 1.0 compare equal. Floats up to 2**53 convert exactly.
+EXACT_INTEGER = 2.0**53
+
+Answer = dict[str, Any] | None
+
+
+def valid_key(key: Any) -> bool:
+    return isinstance(key, str) and KEY_PATTERN.fullmatch(key) is not None
+
+
+class RequestKeys(Protocol):
+    """Where keys live: the Store, or RedisKeys. One round trip per call."""
+
+    async def claim_key(self, user_id: str, key: str, fingerprint: str,
+                        lease: float) -> RequestKey | None:
+        """Claim the key for `lease` seconds and return None; or, when it is claimed
+        already (and not lapsed), return what it holds and change nothing."""
+
+    async def remember_key(self, user_id: str, key: str, fingerprint: str, answer: bytes,
+                           ttl: float) -> None:
+        """Keep `answer` under the key for `ttl` seconds."""
+
+    async def release_key(self, user_id: str, key: str) -> None:
+        """Forget the key: the request may be tried again."""
+
+
+class Idempotency:
+    """The step around a keyed frame's handler, in front of a RequestKeys."""
+
+    def __init__(self, keys: RequestKeys, ttl: float) -> None:
+        self.keys = keys
+        self.ttl = ttl
+
+    async def answer(self, user_id: str, key: str, message_type: str, sent_type: str,
+                     data: Any, handle: Callable[[], Awaitable[Answer]]) -> Answer:
+        """The answer to a keyed frame: `handle()`'s the first time, remembered after.
+
+        `message_type` is the canonical type (an alias counts as its type), `sent_type`
+        the one the frame named (for error frames).
+        """
+        fingerprint = fingerprint_of(message_type, data)
+        found = await self.keys.claim_key(user_id, key, fingerprint, CLAIM_LEASE)
+        if found is not None:
+            return _repeat(found, fingerprint, sent_type)
+        try:
+            answer = await handle()
+        except BaseException:
+            await self._release(user_id, key)
+            raise
+        code = answer["data"]["code"] if answer and answer.get("type") == "error" else None
+        if code in NOT_REMEMBERED:
+            await self._release(user_id, key)
+            return answer
+        try:
+            await self.keys.remember_key(user_id, key, fingerprint,
+                                         orjson.dumps(answer) if answer else NO_REPLY,
+                                         self.ttl)
+        except Exception:  # the request was handled: answer it all the same
+            log.exception("could not remember the answer under key %r of user %s", key,
+                          user_id)
+        return answer
+
+    async def _release(self, user_id: str, key: str) -> None:
+        try:
+            await self.keys.release_key(user_id, key)
+        except Exception:  # the claim lapses by itself (CLAIM_LEASE)
+            log.exception("could not release key %r of user %s", key, user_id)
+
+
+def _repeat(found: RequestKey, fingerprint: str, sent_type: str) -> Answer:
+    if found.fingerprint != fingerprint:
+        return _error("key_reused", "This key was used before for another request: send a "
+                      "new request with a new key.", sent_type)
+    if found.answer is None:
+        return _error("in_progress", "A request with this key is still being handled; "
+                      "send it again shortly.", sent_type)
+    answer: Answer = orjson.loads(found.answer)
+    return answer
+
+
+def _error(code: str, detail: str, for_type: str) -> dict[str, Any]:
+    return {"type": "error", "data": {"code": code, "detail": detail, "for": for_type,
+                                      "errors": {}}}
+
+
+def fingerprint_of(message_type: str, data: Any) -> str:
+    """A hash of the type and `data` as a JSON value: key order and the spelling of
+    numbers (1, 1.0, 1e0) make no difference."""
+    canonical = orjson.dumps(_same_numbers(data), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(message_type.encode() + b"\n" + canonical).hexdigest()
+
+
+def _same_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= EXACT_INTEGER:
+        return int(value)
+    if isinstance(value, dict):
+        return {name: _same_numbers(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_same_numbers(item) for item in value]
+    return value
+
+
+class RedisKeys:
+    """Keys in Redis (with the Redis hub): one string per (user, key), holding the
+    fingerprint (64 hex characters) and, once answered, the answer after it."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    def _name(self, user_id: str, key: str) -> str:
+        return f"{self.prefix}:keys:{user_id}:{key}"
+
+    async def claim_key(self, user_id: str, key: str, fingerprint: str,
+                        lease: float) -> RequestKey | None:
+        # SET NX GET (Redis 7): claims an absent key, or returns what is there and sets
+        # nothing; a lapsed claim is gone already (PX), so it is claimed anew.
+        found = await self.redis.set(self._name(user_id, key), fingerprint, nx=True,
+                                     px=int(lease * 1000), get=True)
+        if found is None:
+            return None
+        held = found if isinstance(found, bytes) else str(found).encode()
+        return RequestKey(held[:64].decode(), held[64:] or None)
+
+    async def remember_key(self, user_id: str, key: str, fingerprint: str, answer: bytes,
+                           ttl: float) -> None:
+        await self.redis.set(self._name(user_id, key), fingerprint.encode() + answer,
+                             px=int(ttl * 1000))
+
+    async def release_key(self, user_id: str, key: str) -> None:
+        await self.redis.delete(self._name(user_id, key))
