@@ -15,7 +15,7 @@ import pytest
 from taxi_tornado.client import TaxiClient, TaxiError, backoff, token_expiry
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import User
-from tests.conftest import SECRET, Client, RunningServer, make_settings
+from tests.conftest import ROOT, SECRET, Client, RunningServer, make_settings
 from tests.link_proxy import LinkProxy, until
 
 Start = Callable[[Settings], Awaitable[RunningServer]]
@@ -150,6 +150,7 @@ async def test_live_events_that_overtake_the_replay_are_held_and_delivered_in_or
     assert seen.offsets(trip_id) == [1, 2, 3, 4]
     assert [e["data"] for e in seen.events[2:]] == [1, 2]
     await rider.close()
+    driver.close()
 
 
 async def test_a_trip_request_whose_reply_was_lost_resolves_after_the_reconnect_once(
@@ -256,6 +257,19 @@ async def test_an_error_frame_raises_its_code_detail_and_field_errors(
     with pytest.raises(TaxiError) as unknown:
         await rider.request("no.such.type")
     assert unknown.value.code == "unknown_type" and unknown.value.detail
+    await rider.close()
+
+
+async def test_rate_limited_says_when_to_try_again(tmp_path: Path, start: Start) -> None:
+    server = await start(make_settings(tmp_path, limits={"trip_requests": 1}))
+    user, _ = await server.user("rider")
+    rider = TaxiClient(server.ws_url, token_source(server, user))
+    await rider.connect()
+    await rider.request("trip.request", TRIP)
+    with pytest.raises(TaxiError) as limited:
+        await rider.request("trip.request", TRIP)
+    assert limited.value.code == "rate_limited"
+    assert limited.value.retry_after is not None and limited.value.retry_after > 0
     await rider.close()
 
 
@@ -422,3 +436,57 @@ def test_token_expiry_reads_exp_without_verifying_and_none_when_it_cannot() -> N
 def test_a_token_in_the_url_is_refused() -> None:
     with pytest.raises(ValueError, match="never in the URL"):
         TaxiClient("ws://host/taxi/?token=abc", lambda: "abc")
+
+
+# --- docs/clients.md -------------------------------------------------------------------
+
+def flow(heading: str) -> dict[str, Any]:
+    """Run the Python block under `### heading` in docs/clients.md; its namespace."""
+    text = (ROOT / "docs" / "clients.md").read_text()
+    body = text[text.index(f"### {heading}\n"):]
+    code = body[body.index("```python\n") + 10:body.index("```\n", body.index("```python"))]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, f"docs/clients.md ({heading})", "exec"), namespace)
+    return namespace
+
+
+async def test_the_riders_flow_of_the_docs_rides(server: RunningServer) -> None:
+    user, _ = await server.user("rider")
+    reloads: list[bool] = []
+
+    async def reload_trips() -> None:
+        reloads.append(True)
+
+    ride = asyncio.ensure_future(flow("A rider")["ride"](
+        server.ws_url, token_source(server, user), reload_trips))
+    _, driver_token = await server.user("driver", "driver")
+    driver = await server.connect(driver_token, v2=True)
+    trip = (await driver.receive())["data"]
+    for status in ("STARTED", "IN_PROGRESS", "COMPLETED"):
+        await move(driver, trip["id"], status)
+    await asyncio.wait_for(ride, 10)
+    assert (await server.store.get_trip(trip["id"])).status == "COMPLETED"
+
+
+async def test_the_drivers_flow_of_the_docs_drives(server: RunningServer) -> None:
+    user, _ = await server.user("driver", "driver")
+    namespace = flow("A driver")
+
+    class Clock:  # the flow's minute of driving passes at once here
+        Queue = asyncio.Queue
+
+        @staticmethod
+        async def sleep(_seconds: float) -> None:
+            await asyncio.sleep(0)
+
+    namespace["asyncio"] = Clock
+    drive = asyncio.ensure_future(namespace["drive"](
+        server.ws_url, token_source(server, user), lambda: {"lat": 52.5, "lng": 13.4}))
+    _, rider_token = await server.user("rider")
+    rider = await server.connect(rider_token, v2=True)
+    await until(lambda: server.hub.members("drivers") == 1, "the driver's socket")
+    trip = (await rider.request({"type": "trip.request", "data": TRIP}))["data"]
+    await asyncio.wait_for(drive, 10)
+    stored = await server.store.get_trip(trip["id"])
+    assert stored.status == "COMPLETED" and stored.driver_id == user.id
+    rider.close()

@@ -350,9 +350,10 @@ class TaxiClient:
             pending.socket = None
             asyncio.get_running_loop().call_later(IN_PROGRESS_RETRY, self._resend, frame_id)
             return
-        errors = data.get("errors")
+        errors, retry_after = data.get("errors"), data.get("retry_after")
         self._settle(frame_id, None, TaxiError(
-            code, str(data.get("detail") or ""), errors if isinstance(errors, dict) else None))
+            code, str(data.get("detail") or ""), errors if isinstance(errors, dict) else None,
+            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None))
 
     def _resend(self, frame_id: int) -> None:
         pending = self._pending.get(frame_id)

@@ -24,15 +24,17 @@ class TaxiError(Exception):
       (a frame larger than it takes); it is not sent again.
 
     `errors` holds the field errors of an `invalid` reply (top-level field of `data` to
-    its messages), and is empty otherwise.
+    its messages), and is empty otherwise. `retry_after` is the seconds a `rate_limited`
+    reply asks to wait, when the server knows it.
     """
 
-    def __init__(self, code: str, detail: str = "",
-                 errors: FieldErrors | None = None) -> None:
+    def __init__(self, code: str, detail: str = "", errors: FieldErrors | None = None,
+                 *, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.detail = detail
         self.errors: dict[str, list[str]] = dict(errors or {})
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"TaxiError({self.code!r}, {self.detail!r}, {self.errors!r})"
