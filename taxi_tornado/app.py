@@ -55,6 +55,7 @@ def build_application(services: Services) -> tornado.web.Application:
         (r"/api/trip/?", api.TripListHandler, kwargs),
         (r"/api/trip/([^/]+)/?", api.TripDetailHandler, kwargs),
         (r"/api/hub/publish/?", api.HubPublishHandler, kwargs),
+        (r"/api/asyncapi\.json", api.AsyncApiHandler, kwargs),
         (r"/api/drivers/nearby/?", drivers.NearbyDriversHandler, kwargs),
         (r"/media/photos/([^/]+)", auth.PhotoHandler, kwargs),
     ]

@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         "plugins", help="list plugins: message types, routes, tasks, strategies, settings")
     plugins.set_defaults(run=plugins_command)
 
+    asyncapi = commands.add_parser(
+        "asyncapi", help="print the socket protocol as an AsyncAPI 3.0 document (as served "
+        "at /api/asyncapi.json)")
+    asyncapi.add_argument("--update-docs", metavar="PATH",
+                          help="instead, rewrite the message table in PATH (docs/protocol.md)")
+    asyncapi.set_defaults(run=asyncapi_command)
+
     scaffold = commands.add_parser("new-plugin", help="write a new plugin package to start from")
     scaffold.add_argument("name", help="the plugin's name: lower-case letters, digits and _")
     scaffold.add_argument("directory", nargs="?",
@@ -200,6 +207,26 @@ def plugins_command(settings: Settings, args: argparse.Namespace) -> int:
     disabled = ", ".join(settings.plugins.disabled)
     if disabled:
         print(f"disabled: {disabled}")
+    return 0
+
+
+def asyncapi_command(settings: Settings, args: argparse.Namespace) -> int:
+    """The document GET /api/asyncapi.json serves, from the plugins installed here; or,
+    with --update-docs, the built-in types' table in the protocol reference."""
+    import json  # imported here: the CLI's header is shared with other work
+    from pathlib import Path
+
+    from taxi_tornado import asyncapi
+
+    registry, plugins = load_plugins(settings=settings.plugins)
+    document = asyncapi.build_document(registry, settings)
+    if args.update_docs is None:
+        print(json.dumps(document, indent=2))
+        return 0
+    built_in = [plugin.name for plugin in plugins if plugin.distribution == "taxi-tornado"]
+    changed = asyncapi.update_docs(Path(args.update_docs),
+                                   asyncapi.message_table(document, built_in))
+    print(f"{args.update_docs}: {'table updated' if changed else 'table up to date'}")
     return 0
 
 

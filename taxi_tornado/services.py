@@ -12,8 +12,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from taxi_tornado.asyncapi import build_document
 from taxi_tornado.auth import TokenAuthority
 from taxi_tornado.dispatch.service import Dispatch
+from taxi_tornado.frames import encode
 from taxi_tornado.handlers.expiry import TokenExpiry
 from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.hub import HistoryLimits, Hub, build_broker
@@ -44,6 +46,7 @@ class Services:
     plugin_tasks: PluginTasks
     dispatch: Dispatch
     idempotency: Idempotency  # keyed frames: answered once per (user, key)
+    asyncapi: bytes  # GET /api/asyncapi.json, built from the registry at start-up
     plugins: list[PluginInfo] = field(default_factory=list)
     sockets: set[TaxiSocket] = field(default_factory=set)
     census: SocketCensus = field(default_factory=SocketCensus)  # kept beside `sockets`
@@ -95,5 +98,6 @@ def build_services(settings: Settings, registry: Registry | None = None,
         plugin_tasks=PluginTasks(registry, hub, store, settings),
         dispatch=dispatch,
         idempotency=Idempotency(keys, settings.limits.idempotency_ttl),
+        asyncapi=encode(build_document(registry, settings)),
         plugins=plugins or [],
     )

@@ -114,6 +114,15 @@ class HubPublishHandler(ApiHandler):
         self.write_json({}, 202)
 
 
+class AsyncApiHandler(ApiHandler):
+    """The socket protocol as an AsyncAPI 3.0 document (asyncapi.py), for anyone: client
+    libraries generate their types from it."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(self.services.asyncapi)
+
+
 class HealthHandler(ApiHandler):
     def get(self) -> None:
         self.write_json({"status": "ok"})

@@ -25,6 +25,10 @@ POSITION: dict[str, Any] = {
     "properties": {"lat": LAT, "lng": LNG},
     "description": "A point in degrees; null or absent when unknown.",
 }
+LAT_LNG: dict[str, Any] = {
+    "title": "LatLng", "type": "object", "required": ["lat", "lng"],
+    "properties": {"lat": LAT, "lng": LNG}, "description": "A point in degrees.",
+}
 OWN_ID: dict[str, Any] = {
     "type": ["string", "integer", "null"],
     "description": "Optional; when given, it must be the sender's own user id.",
@@ -35,7 +39,7 @@ TIME: dict[str, Any] = {"type": "string", "format": "date-time",
 STATUS: dict[str, Any] = {"enum": [status.value for status in TripStatus]}
 
 USER: dict[str, Any] = {
-    "type": "object",
+    "title": "User", "type": "object",
     "required": ["id", "username", "first_name", "last_name", "group", "photo"],
     "properties": {
         "id": {"type": "string"}, "username": {"type": "string"},
@@ -45,7 +49,7 @@ USER: dict[str, Any] = {
     },
 }
 TRIP: dict[str, Any] = {
-    "type": "object",
+    "title": "Trip", "type": "object",
     "required": ["id", "created", "updated", "pick_up_address", "drop_off_address",
                  "status", "rider", "driver", "pick_up", "drop_off"],
     "properties": {
@@ -54,7 +58,8 @@ TRIP: dict[str, Any] = {
         "status": STATUS,
         "rider": {"anyOf": [USER, {"type": "null"}]},
         "driver": {"anyOf": [USER, {"type": "null"}]},
-        "pick_up": POSITION, "drop_off": POSITION,
+        "pick_up": {"anyOf": [LAT_LNG, {"type": "null"}]},
+        "drop_off": {"anyOf": [LAT_LNG, {"type": "null"}]},
     },
 }
 
