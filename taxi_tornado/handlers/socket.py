@@ -302,10 +302,11 @@ class TaxiSocket(WebSocketHandler):
                              message_type, frame_id)
             return
         metrics.frames_in(message_type).inc()
-        refusal = refused(entry, conn)
-        if refusal is not None:
-            self._send_error(conn, *refusal, message_type, frame_id)
-            return
+        if entry.senders or entry.min_version > 1:  # most types: anyone, any version
+            refusal = refused(entry, conn)
+            if refusal is not None:
+                self._send_error(conn, *refusal, message_type, frame_id)
+                return
         data = envelope.get("data")
         if entry.check is not None:
             errors = entry.check(data)
