@@ -4,6 +4,7 @@
 // event the server sends (Events), and which types are keyed.
 //
 //   node scripts/generate-protocol.mjs                 # from `$TAXI_PYTHON -m taxi_tornado asyncapi`
+//                                                      # (built-in plugins only)
 //   node scripts/generate-protocol.mjs --url http://127.0.0.1:8000/api/asyncapi.json
 //   node scripts/generate-protocol.mjs --file asyncapi.json
 //   ... --check                                        # exit 1 when src/protocol.ts is stale
@@ -19,9 +20,13 @@ export const OUTPUT = fileURLToPath(new URL("../src/protocol.ts", import.meta.ur
 const BUILT_IN_KEYED = ["trip.request", "trip.update", "trip.cancel", "trip.decline"];
 const KEYED_MARKS = ["x-keyed", "x-taxi-keyed", "x-idempotent"];
 
-/** The document printed by `taxi-tornado asyncapi`, run with `python`. */
+/**
+ * The document printed by `taxi-tornado asyncapi`, run with `python`: the server's own
+ * types, the example SOS plugin left out (the test environment installs it).
+ */
 export function documentFromCommand(python = process.env.TAXI_PYTHON || "python3") {
-  const out = execFileSync(python, ["-m", "taxi_tornado", "asyncapi"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  const env = { ...process.env, TAXI_PLUGINS_DISABLED: "sos" };
+  const out = execFileSync(python, ["-m", "taxi_tornado", "asyncapi"], { encoding: "utf8", env, stdio: ["ignore", "pipe", "pipe"] });
   return JSON.parse(out);
 }
 

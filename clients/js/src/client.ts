@@ -7,19 +7,19 @@ import { tokenExpiry } from "./token.js";
 /** Where the client is: it moves between the first three by itself until `close()`. */
 export type ClientState = "connecting" | "connected" | "disconnected" | "closed";
 
+// Each platform types its events its own way; `any` lets all of them fit.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type SocketHandler = ((event: any) => void) | null;
+
 /** The part of a WebSocket the client uses: browsers', React Native's and `ws`'s fit. */
 export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  onopen: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  onmessage: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  onclose: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  onerror: ((event: any) => void) | null;
+  onopen: SocketHandler;
+  onmessage: SocketHandler;
+  onclose: SocketHandler;
+  onerror: SocketHandler;
 }
 
 export type WebSocketConstructor = new (url: string, protocols: string[]) => WebSocketLike;
@@ -162,10 +162,21 @@ export class TaxiClient {
   request<K extends string>(type: K, data: RequestData<K>, options?: { timeout?: number }): Promise<ReplyData<K>>;
   request(type: string, data?: unknown, options: { timeout?: number } = {}): Promise<unknown> {
     const timeout = options.timeout ?? this.options.requestTimeout ?? 10_000;
-    return new Promise((resolve, reject) => this.send(type, data, timeout, resolve, reject));
+    return new Promise((resolve, reject) => this.call(type, data, timeout, resolve, reject));
   }
 
-  private send(type: string, data: unknown, timeout: number, resolve: (data: unknown) => void, reject: (error: TaxiError) => void): void {
+  /**
+   * Send a frame that gets no reply (`driver.location`) on the open socket; false, and
+   * nothing sent, while there is none: a stale position is worth less than none. An
+   * error frame it causes reaches the `error` listeners.
+   */
+  send<K extends string>(type: K, data: RequestData<K>): boolean {
+    if (!this.live) return false;
+    this.live.send(JSON.stringify({ type, data }));
+    return true;
+  }
+
+  private call(type: string, data: unknown, timeout: number, resolve: (data: unknown) => void, reject: (error: TaxiError) => void): void {
     if (this.current === "closed") return reject(closedError());
     if (!this.live && this.pending.size >= QUEUE_LIMIT) {
       return reject(new TaxiError("queue_full", `${QUEUE_LIMIT} requests already wait for a connection`));
@@ -245,7 +256,7 @@ export class TaxiClient {
       release();
       this.emit("resumed", data);
     };
-    this.send("session.resume", { positions }, this.options.requestTimeout ?? 10_000, resumed, release);
+    this.call("session.resume", { positions }, this.options.requestTimeout ?? 10_000, resumed, release);
   }
 
   private onFrame(raw: unknown): void {
@@ -343,7 +354,7 @@ export class TaxiClient {
       else this.token = token;
       this.scheduleRefresh(error ? 5_000 : 1_000);
     };
-    this.send("auth.refresh", { token }, this.options.requestTimeout ?? 10_000, () => done(), done);
+    this.call("auth.refresh", { token }, this.options.requestTimeout ?? 10_000, () => done(), done);
   }
 
   private setState(state: ClientState): void {

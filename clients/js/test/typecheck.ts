@@ -36,3 +36,19 @@ async function main(): Promise<void> {
 }
 
 void main;
+
+// The generated types hold: known types take and give their declared data.
+async function typed(): Promise<void> {
+  const trip = await client.request("trip.request", { pick_up_address: "A", drop_off_address: "B" });
+  const status: "REQUESTED" | "STARTED" | "IN_PROGRESS" | "COMPLETED" | "CANCELED" = trip.status;
+  void status;
+  // @ts-expect-error drop_off_address is required
+  await client.request("trip.request", { pick_up_address: "A" });
+  client.on("trip.updated", (data) => void data.driver?.username);
+  client.on("trip.offer", (data) => void data.distance_m.toFixed());
+  client.send("driver.location", { lat: 1, lng: 2 });
+  // @ts-expect-error lat must be a number
+  client.send("driver.location", { lat: "1", lng: 2 });
+}
+
+void typed;
