@@ -105,7 +105,8 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; with server.processes > 1, fork workers first."""
     collector.tune()
     registry, plugins = load_plugins(settings=settings.plugins)
-    strategy_factory(settings, registry)  # an unknown dispatch.mode stops us here
+    # An unknown dispatch.mode stops us here.
+    strategy_factory(settings, registry.strategy_factories)
     settings = with_secret(settings)
     services = build_services(settings, registry, plugins)
     build_application(services)  # a plugin route on a core path stops us here, once
@@ -187,7 +188,7 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
     """Everything `serve` checks before it binds a port; then what a server would run,
     in the words of its start-up log line."""
     registry, plugins = load_plugins(settings=settings.plugins)
-    strategy_factory(settings, registry)
+    strategy_factory(settings, registry.strategy_factories)
     build_application(build_services(settings, registry, plugins))
     print(f"settings OK: store {safe_url(settings.store_url)}, hub {safe_url(settings.hub.url)}")
     print(f"dispatch mode {settings.dispatch.mode} "

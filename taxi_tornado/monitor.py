@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
@@ -34,7 +34,6 @@ from redis.exceptions import RedisError
 from taxi_tornado import __version__, metrics
 from taxi_tornado.background import cancel_and_wait
 from taxi_tornado.frames import message_frame
-from taxi_tornado.plugins.admin import ADMIN
 from taxi_tornado.store import (
     ACTIVE_STATUSES,
     STAFF,
@@ -47,8 +46,11 @@ from taxi_tornado.store import (
 )
 
 if TYPE_CHECKING:
-    from taxi_tornado.plugins.api import Connection
-    from taxi_tornado.services import Services
+    from taxi_tornado.connection import Connection
+    from taxi_tornado.dispatch.service import Dispatch
+    from taxi_tornado.hub import Hub
+    from taxi_tornado.settings import Settings
+    from taxi_tornado.store import Store
 
 log = logging.getLogger("taxi_tornado.monitor")
 
@@ -117,11 +119,28 @@ def _decrement(counts: dict[Any, int], key: Any) -> None:
         counts.pop(key, None)
 
 
-class Monitor:
-    """Samples this process, shares the samples, and builds the deployment's overview."""
+class Monitored(Protocol):
+    """The server's parts the monitor reads (services.py's Services is one; it builds the
+    Monitor, so the monitor names what it reads instead of importing it back)."""
 
-    def __init__(self, services: Services) -> None:
+    settings: Settings
+    hub: Hub
+    store: Store
+    dispatch: Dispatch
+    census: SocketCensus
+    draining: bool
+
+
+class Monitor:
+    """Samples this process, shares the samples, and builds the deployment's overview.
+
+    Every second it also sends the overview to the members of `staff_group` (the admin
+    plugin's group of operators' sockets), on this process.
+    """
+
+    def __init__(self, services: Monitored, staff_group: str) -> None:
         self.services = services
+        self.staff_group = staff_group
         self.node_id = services.hub.broker.node_id
         self.started = now()
         self._started_at = time.monotonic()
@@ -168,7 +187,7 @@ class Monitor:
         sample = await self.sample()
         if self._nodes is not None:
             await self._nodes.put(sample)
-        staff = self.services.hub.groups.get(ADMIN)
+        staff = self.services.hub.groups.get(self.staff_group)
         if not staff:
             return
         frame = message_frame({"type": "admin.stats", "data": await self.overview(sample)})
@@ -425,6 +444,6 @@ class RedisNodes:
         await self.redis.aclose()
 
 
-def _nodes_for(services: Services) -> RedisNodes | None:
+def _nodes_for(services: Monitored) -> RedisNodes | None:
     hub = services.settings.hub
     return None if hub.url.startswith("memory://") else RedisNodes(hub.url, hub.prefix)

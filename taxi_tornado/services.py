@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from taxi_tornado.asyncapi import build_document
 from taxi_tornado.auth import TokenAuthority
@@ -21,6 +21,7 @@ from taxi_tornado.handlers.keepalive import Keepalive
 from taxi_tornado.hub import HistoryLimits, Hub, build_broker
 from taxi_tornado.idempotency import Idempotency, RedisKeys, RequestKeys
 from taxi_tornado.monitor import Monitor, SocketCensus
+from taxi_tornado.plugins.admin import ADMIN
 from taxi_tornado.plugins.api import Registry
 from taxi_tornado.plugins.loader import PluginInfo, load_plugins
 from taxi_tornado.plugins.tasks import PluginTasks
@@ -28,10 +29,16 @@ from taxi_tornado.rate_limit import AddressRateLimit
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import Store, open_store
 
-if TYPE_CHECKING:
-    from taxi_tornado.handlers.socket import TaxiSocket
-
 log = logging.getLogger("taxi_tornado.services")
+
+
+class OpenSocket(Protocol):
+    """An open client socket as the drain sees it (the socket handler is one; it imports
+    this module, so this one names what it needs instead of importing it back)."""
+
+    def shut_down(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -48,7 +55,7 @@ class Services:
     idempotency: Idempotency  # keyed frames: answered once per (user, key)
     asyncapi: bytes  # GET /api/asyncapi.json, built from the registry at start-up
     plugins: list[PluginInfo] = field(default_factory=list)
-    sockets: set[TaxiSocket] = field(default_factory=set)
+    sockets: set[OpenSocket] = field(default_factory=set)
     census: SocketCensus = field(default_factory=SocketCensus)  # kept beside `sockets`
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -61,7 +68,7 @@ class Services:
         self.auth_rate = AddressRateLimit(self.settings.limits.auth_rate)
         self.keepalive = Keepalive(self.settings.server.ping_interval,
                                    self.settings.server.ping_timeout)
-        self.monitor = Monitor(self)
+        self.monitor = Monitor(self, staff_group=ADMIN)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
@@ -84,7 +91,8 @@ def build_services(settings: Settings, registry: Registry | None = None,
     hub = Hub(build_broker(settings.hub.url, settings.hub.prefix,
                            HistoryLimits(settings.hub.history_size, settings.hub.history_ttl,
                                          settings.hub.history_bytes)))
-    dispatch = Dispatch(settings, hub, store, registry)
+    dispatch = Dispatch(settings, hub, store, registry.strategy_factories,
+                        [listener for _, listener in registry.trip_listeners])
     # Keys live where every process sharing the hub sees them: in Redis with a Redis hub
     # (through the dispatch's client, which it closes), else in the store.
     keys: RequestKeys = store if dispatch.redis is None else RedisKeys(dispatch.redis,

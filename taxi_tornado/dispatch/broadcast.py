@@ -10,7 +10,7 @@ from taxi_tornado.dispatch.strategy import DispatchStrategy
 from taxi_tornado.store import Trip
 
 if TYPE_CHECKING:
-    from taxi_tornado.plugins.api import Connection
+    from taxi_tornado.dispatch.strategy import Connection
 
 DRIVERS = "drivers"
 V2 = 2

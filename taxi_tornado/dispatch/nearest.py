@@ -27,12 +27,10 @@ from taxi_tornado.dispatch.broadcast import V2, BroadcastStrategy, trip_message
 from taxi_tornado.dispatch.locations import NearbyDriver
 from taxi_tornado.dispatch.offers import Dispatching
 from taxi_tornado.dispatch.strategy import DispatchContext
-from taxi_tornado.plugins.admin import tell_staff
-from taxi_tornado.plugins.follow import unfollow
 from taxi_tornado.store import Trip, TripStatus, format_time
 
 if TYPE_CHECKING:
-    from taxi_tornado.plugins.api import Connection
+    from taxi_tornado.dispatch.strategy import Connection
 
 log = logging.getLogger("taxi_tornado.dispatch")
 
@@ -223,9 +221,7 @@ class NearestStrategy(BroadcastStrategy):
         await hub.send(f"user:{dispatching.rider_id}",
                        {"type": "trip.unmatched", "data": {"id": dispatching.trip_id}},
                        min_version=V2)
-        if self.context.settings.admin.enabled:  # as for every other change of a trip
-            await tell_staff(hub, "admin.trip", updated["data"])
-        await unfollow(hub, dispatching.trip_id)  # the trip's group is done with
+        await self.context.announce(updated["data"])  # staff hear, the group is let go
 
     def _retry_open(self, dispatching: Dispatching, trip: Trip) -> None:
         self._driving[trip.id] = asyncio.ensure_future(self._open_later(dispatching, trip))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -30,7 +31,7 @@ from taxi_tornado.settings import Settings, SettingsError
 from taxi_tornado.store import Store
 
 if TYPE_CHECKING:
-    from taxi_tornado.plugins.api import Connection, Registry
+    from taxi_tornado.dispatch.strategy import Connection, TripListener
 
 log = logging.getLogger("taxi_tornado.dispatch")
 
@@ -42,8 +43,10 @@ MAX_UPKEEP_INTERVAL = 5.0
 class Dispatch:
     """What handlers and plugins reach as `conn.dispatch`: `locations` and `strategy`."""
 
-    def __init__(self, settings: Settings, hub: Hub, store: Store, registry: Registry) -> None:
-        factory = strategy_factory(settings, registry)
+    def __init__(self, settings: Settings, hub: Hub, store: Store,
+                 strategies: Mapping[str, StrategyFactory],
+                 trip_listeners: Sequence[TripListener] = ()) -> None:
+        factory = strategy_factory(settings, strategies)
         self.settings = settings
         self.node = uuid.uuid4().hex
         self.redis: Redis | None = None
@@ -59,7 +62,8 @@ class Dispatch:
             self.locations = RedisLocationIndex(self.redis, prefix, self.node, ttl)
             offers = RedisOfferBook(self.redis, prefix)
             self.trips = DrivingTrips(store, self.redis, f"{prefix}:dispatch:driving")
-        context = DispatchContext(settings, hub, store, self.locations, offers, self.node)
+        context = DispatchContext(settings, hub, store, self.locations, offers, self.node,
+                                  tuple(trip_listeners))
         self.strategy: DispatchStrategy = factory(context)
         self._upkeep: asyncio.Task[None] | None = None
 
@@ -112,19 +116,27 @@ class Dispatch:
             await asyncio.sleep(interval)
 
 
-def strategy_factory(settings: Settings, registry: Registry) -> StrategyFactory:
-    """The factory `dispatch.mode` names; a mode no plugin registers stops start-up."""
+def strategy_factory(settings: Settings,
+                     strategies: Mapping[str, StrategyFactory]) -> StrategyFactory:
+    """The factory `dispatch.mode` names, of those the plugins registered; a mode no
+    plugin registers stops start-up."""
     mode = settings.dispatch.mode
-    entry = registry.dispatch_strategies.get(mode)
-    if entry is None:
-        known = ", ".join(sorted(registry.dispatch_strategies)) or "none"
+    factory = strategies.get(mode)
+    if factory is None:
+        known = ", ".join(sorted(strategies)) or "none"
         raise SettingsError(
             f"dispatch.mode: no plugin registers a dispatch strategy named {mode!r} "
             f"(registered: {known})")
-    return entry.factory
+    return factory
 
 
-def dispatch_of(conn: Connection) -> Dispatch:
+class Dispatched(Protocol):
+    """A connection, as far as finding its Dispatch goes."""
+
+    dispatch: Dispatch | None
+
+
+def dispatch_of(conn: Dispatched) -> Dispatch:
     """The connection's Dispatch; every socket the server opens has one."""
     if conn.dispatch is None:
         raise RuntimeError(f"{conn!r} was made without the server's Dispatch")

@@ -18,18 +18,43 @@ Calls (each may come on any process; `conn` is the connection whose frame caused
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taxi_tornado.dispatch.locations import LocationIndex
 from taxi_tornado.hub import Hub
 from taxi_tornado.settings import Settings
-from taxi_tornado.store import Store, Trip
+from taxi_tornado.store import Store, Trip, User
 
 if TYPE_CHECKING:
     from taxi_tornado.dispatch.offers import OfferBook
-    from taxi_tornado.plugins.api import Connection
+
+log = logging.getLogger("taxi_tornado.dispatch")
+
+
+class Connection(Protocol):
+    """The connection whose frame caused a call, as a strategy sees it (a plugin's
+    Connection is one): dispatch sits below the plugins and names only what it uses."""
+
+    @property
+    def user(self) -> User: ...
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    async def send_group(self, group: str, message: dict[str, Any], *,
+                         exclude_self: bool = False, min_version: int = 1) -> int: ...
+
+
+TripListener = Callable[["DispatchContext", dict[str, Any]], Awaitable[None]]
+"""Hears of a change the server made to a trip by itself, outside any client's frame
+(`nearest` canceling a trip nobody took by max_wait), with the Trip as JSON. Plugins
+register one with `registry.on_trip_changed`; dispatch never knows who listens."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,16 @@ class DispatchContext:
     locations: LocationIndex
     offers: OfferBook
     node: str
+    trip_listeners: tuple[TripListener, ...] = ()
+
+    async def announce(self, trip: dict[str, Any]) -> None:
+        """Tell every TripListener of a change the server made; one that fails is logged
+        and the others still hear of it."""
+        for listener in self.trip_listeners:
+            try:
+                await listener(self, trip)
+            except Exception:
+                log.exception("a listener of trip changes failed for trip %s", trip.get("id"))
 
 
 class DispatchStrategy(abc.ABC):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from taxi_tornado.dispatch.strategy import DispatchContext
 from taxi_tornado.frames import DecodeError, decode, frame_payload
 from taxi_tornado.hub import Hub, Position
 from taxi_tornado.plugins.api import Connection, Registry
@@ -27,6 +28,7 @@ V2 = 2
 
 def setup(registry: Registry) -> None:
     registry.on_connect(join_admin)
+    registry.on_trip_changed(tell_staff_of_trip)
 
 
 async def join_admin(conn: Connection) -> None:
@@ -38,6 +40,13 @@ async def join_admin(conn: Connection) -> None:
 async def tell_staff(hub: Hub, event_type: str, data: Any) -> None:
     """Send an `admin.*` event to every staff connection on every process."""
     await hub.send(ADMIN, {"type": event_type, "data": data}, min_version=V2)
+
+
+async def tell_staff_of_trip(context: DispatchContext, trip: dict[str, Any]) -> None:
+    """A change the server made to a trip by itself reaches the operators' page like
+    every change a client's frame makes."""
+    if context.settings.admin.enabled:
+        await tell_staff(context.hub, "admin.trip", trip)
 
 
 async def close_user_sockets(hub: Hub, user_id: str) -> None:

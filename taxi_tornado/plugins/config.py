@@ -12,7 +12,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from taxi_tornado.plugins.api import PluginError
+from taxi_tornado.plugins.errors import PluginError
 from taxi_tornado.settings import PluginsSettings, SettingsError, coerce_value
 
 SpecT = TypeVar("SpecT")

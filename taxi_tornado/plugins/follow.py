@@ -30,6 +30,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from taxi_tornado.dispatch.strategy import DispatchContext
 from taxi_tornado.frames import DecodeError, decode, frame_payload
 from taxi_tornado.hub import Hub, Position
 from taxi_tornado.plugins.api import Connection, PluginContext
@@ -52,6 +53,13 @@ async def unfollow(hub: Hub, trip_id: str) -> None:
     let the group's history go with its events (hub.history_ttl), not a day later."""
     await hub.send(FOLLOW, {"type": UNFOLLOW_TYPE, "data": {"trip": trip_id}})
     await hub.end(trip_id)
+
+
+async def let_ended_trip_go(context: DispatchContext, trip: dict[str, Any]) -> None:
+    """A trip the server ended by itself (canceled at dispatch.max_wait) lets its group
+    go too, after its last event, like one a client's frame ended."""
+    if trip.get("status") not in ACTIVE_STATUSES:
+        await unfollow(context.hub, trip["id"])
 
 
 async def listen_for_follows(context: PluginContext) -> None:

@@ -19,7 +19,7 @@ from taxi_tornado.dispatch.service import dispatch_of
 from taxi_tornado.plugins import trip_schemas as schemas
 from taxi_tornado.plugins.admin import tell_staff
 from taxi_tornado.plugins.api import Connection, ProtocolError, Registry
-from taxi_tornado.plugins.follow import follow, listen_for_follows, unfollow
+from taxi_tornado.plugins.follow import follow, let_ended_trip_go, listen_for_follows, unfollow
 from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
@@ -44,6 +44,7 @@ def setup(registry: Registry) -> None:
                               schema=schemas.DRIVER_LOCATION, events=schemas.LOCATION_EVENTS)
     registry.on_connect(join_trip_groups)
     registry.on_startup(listen_for_follows)
+    registry.on_trip_changed(let_ended_trip_go)
 
 
 async def join_trip_groups(conn: Connection) -> None:
