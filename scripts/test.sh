@@ -13,6 +13,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The operators' page is tested in Debian's headless Chromium, driven by Playwright (a
 # Python package from the test extra); Playwright never downloads a browser of its own.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The TypeScript client (clients/js) builds and tests with Debian's Node.js and npm.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} with apt-get"
     apt-get update -q
@@ -43,4 +46,7 @@ python -m pip check --disable-pip-version-check
 
 python -m ruff check taxi_tornado tests bench examples
 python -m mypy
+# The TypeScript client: exact versions from its lock file (npm ci), then its build, type
+# check and tests against a real server run with this environment's Python.
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && TAXI_PYTHON=python npm test)
 python -m pytest -q -p no:cacheprovider "$@"
