@@ -170,7 +170,8 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # PluginsSettings fields filled from plugin tables and variables, not settable as keys.
 PLUGIN_OPTION_FIELDS = ("tables", "environment")
-HUB_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+HUB_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+cluster://",
+               "rediss+cluster://")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
 # A map tile URL for the operators' page: http(s), a plain host (it goes into the page's
 # Content Security Policy), and a path with {z}, {x} and {y}.

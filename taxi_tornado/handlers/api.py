@@ -143,7 +143,7 @@ class ReadyHandler(ApiHandler):
         except Exception as error:  # a driver error we did not foresee is still "down"
             failures["store"] = f"{type(error).__name__}: {error}"
         if not services.hub.broker.ready:
-            failures["hub"] = f"{services.hub.broker.describe()} is not connected"
+            failures["hub"] = services.hub.broker.problem()
         if failures:
             self.write_json({"status": "unavailable", "failures": failures}, 503)
             return

@@ -42,6 +42,10 @@ class Broker(abc.ABC):
     def describe(self) -> str:
         return type(self).__name__
 
+    def problem(self) -> str:
+        """What /readyz says while the broker is not ready."""
+        return f"{self.describe()} is not connected"
+
     async def start(self) -> None:
         """Begin handing messages from other processes to `receiver`."""
         return None

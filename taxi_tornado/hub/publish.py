@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 from taxi_tornado.frames import encode
+from taxi_tornado.hub.cluster_broker import ClusterBroker
+from taxi_tornado.hub.cluster_url import is_cluster_url
 from taxi_tornado.hub.history import HistoryLimits, without_position
 from taxi_tornado.hub.redis_broker import RedisBroker, SendFailed
 
@@ -24,7 +26,8 @@ async def publish(
 ) -> int:
     """Send `message` to `group` from any Python process, like Channels' group_send.
 
-    `url`, `prefix` and `history_*` are the deployment's hub.url (redis://…), hub.prefix
+    `url`, `prefix` and `history_*` are the deployment's hub.url (redis://… or
+    redis+cluster://…), hub.prefix
     and hub.history_size, hub.history_ttl and hub.history_bytes; every server process
     with members in `group` delivers `message` to them, and v2 members get it with its
     position in the group's history like any group send (a `pos` key of the message is
@@ -36,7 +39,7 @@ async def publish(
         raise ValueError("publish() needs a shared hub (redis://…); memory:// is one process")
     message = without_position(message)
     limits = HistoryLimits(history_size, history_ttl, history_bytes)
-    broker = RedisBroker(url, prefix, limits)
+    broker = (ClusterBroker if is_cluster_url(url) else RedisBroker)(url, prefix, limits)
     try:
         if limits.enabled:
             _, receivers = await broker.append(group, encode(message), None, 1)

@@ -25,29 +25,29 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
 
 from taxi_tornado import metrics
 from taxi_tornado.hub.brokers import Broker
 from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
+from taxi_tornado.hub.cluster_url import is_cluster_url, parse_cluster_url
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
+from taxi_tornado.hub.keys import HubKeys
 from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, END, END_SHA, RedisHistory
 from taxi_tornado.hub.redis_link import (
     CONFIRM_TIMEOUT,
     CONNECT_TIMEOUT,
     LINK_ERRORS,
     SubscriberLink,
-    connect,
     describe_error,
 )
+from taxi_tornado.hub.redis_publisher import PUBLISH_TIMEOUT, Publisher, SendFailed
 from taxi_tornado.hub.wire import POSITIONED_TAG, read_wire, wire_header, wire_message
 
 log = logging.getLogger("taxi_tornado.hub")
 
-# A PUBLISH or history append (including the wait for the publishing connection) gives
-# up after this long, so that a handler sending to a group never hangs on Redis; so does
-# the read of a resume.
-PUBLISH_TIMEOUT = 1.0
+__all__ = ["PUBLISH_TIMEOUT", "RedisBroker", "SendFailed", "redis_url_problem",
+           "without_password"]
+
 PASSWORD_QUERY = re.compile(r"(password=)[^&]*")
 # socket_timeout None (redis-py's default is 5 s): redis-py bounds writes with it through
 # asyncio.wait_for, which on Python 3.11 returns normally when the task is cancelled as
@@ -62,22 +62,12 @@ CONNECTION_OPTIONS: dict[str, Any] = {
 }
 
 
-class SendFailed(Exception):
-    """A command on the publishing connection failed; `maybe_done` when Redis may have
-    run it all the same (it was written, and no error reply came back)."""
-
-    def __init__(self, error: BaseException, maybe_done: bool) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.maybe_done = maybe_done
-
-
 class RedisBroker(Broker):
     """Redis pub/sub: one channel per group, one round trip per group send.
 
     Two connections per process, and a pool for resume reads. The subscriber link
-    (SubscriberLink) hands every message to the hub. The publisher is used under a lock,
-    so the sends of this process leave in the order they were made. While the link is
+    (SubscriberLink) hands every message to the hub. The publisher (Publisher) is used
+    under a lock, so the sends of this process leave in the order they were made. While the link is
     down `ready` is False and group sends reach local members only, without a position
     (at most once: nothing is queued for later, and nothing is numbered).
     """
@@ -90,28 +80,27 @@ class RedisBroker(Broker):
         self.url = url
         self.prefix = prefix
         self.limits = limits or HistoryLimits()
-        self.history = RedisHistory(prefix, self.limits) if self.limits.enabled else None
-        self._channel_prefix = f"{prefix}:group:"
+        self.keys = HubKeys(prefix)
+        self.history = RedisHistory(self.keys, self.limits) if self.limits.enabled else None
         self._pool: ConnectionPool = ConnectionPool.from_url(url, **CONNECTION_OPTIONS)
         self._reader = Redis(connection_pool=self._pool)
-        self._publisher: AbstractConnection | None = None
-        self._publish_lock = asyncio.Lock()
+        self._publisher = Publisher(self._connection)
         self._publish_failing = False
         self._spend: AsyncScript | None = None
         self._node = b""
-        self._link = SubscriberLink(self._connection, self._channel_prefix, self._receive,
+        self._link = SubscriberLink(self._connection, self.keys.channel, self._receive,
                                     self._reset_publisher, self.describe(),
-                                    _without_password(url))
+                                    without_password(url))
 
     @property
     def ready(self) -> bool:
         return self._link.up
 
     def describe(self) -> str:
-        return f"Redis hub {_without_password(self.url)} (prefix {self.prefix!r})"
+        return f"Redis hub {without_password(self.url)} (prefix {self.prefix!r})"
 
     def channel(self, group: str) -> str:
-        return self._link.channel(group)
+        return self.keys.channel(group)
 
     async def start(self) -> None:
         """Connect in the background; wait for the first attempt only, never for Redis."""
@@ -123,10 +112,7 @@ class RedisBroker(Broker):
 
     async def stop(self) -> None:
         await self._link.stop()
-        async with self._publish_lock:
-            if self._publisher is not None:
-                await self._publisher.disconnect(nowait=True)
-                self._publisher = None
+        await self._publisher.close()
         await self._pool.disconnect()
 
     async def subscribe(self, group: str) -> None:
@@ -181,7 +167,7 @@ class RedisBroker(Broker):
         Returns how many subscribed processes Redis handed the message to.
         """
         message = wire_message(self._node, payload, exclude, min_version)
-        receivers = await self._run_command("PUBLISH", self.channel(group), message)
+        receivers = await self._publisher.run("PUBLISH", self.channel(group), message)
         return int(receivers)
 
     async def append(
@@ -194,7 +180,7 @@ class RedisBroker(Broker):
         assert self.history is not None
         header = wire_header(POSITIONED_TAG, self._node, exclude, min_version)
         arguments = self.history.append_arguments(group, self.channel(group), header, payload)
-        offset, epoch, receivers = await self._run_command(
+        offset, epoch, receivers = await self._publisher.run(
             "EVALSHA", APPEND_SHA, *arguments, script=APPEND)
         return Position(int(offset), epoch.decode()), int(receivers)
 
@@ -204,8 +190,8 @@ class RedisBroker(Broker):
         if self.history is None or not self._link.up:
             return
         try:
-            await self._run_command("EVALSHA", END_SHA, *self.history.end_arguments(group),
-                                    script=END)
+            await self._publisher.run("EVALSHA", END_SHA, *self.history.end_arguments(group),
+                                      script=END)
         except SendFailed as failure:
             self._send_failed(failure.error)
 
@@ -218,12 +204,12 @@ class RedisBroker(Broker):
             self._spend = self._reader.register_script(SPEND)  # EVALSHA; EVAL on NOSCRIPT
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
-                wait_ms = await self._spend(keys=[f"{self.prefix}:budget:{key}"],
+                wait_ms = await self._spend(keys=[self.keys.budget(key)],
                                             args=[interval_ms(per_minute), window_ms()],
                                             client=self._reader)
         except LINK_ERRORS as error:
             log.warning("hub: spending from a budget in %s failed (%s); counting in this "
-                        "process", _without_password(self.url), describe_error(error))
+                        "process", without_password(self.url), describe_error(error))
             return self.budgets.spend(key, per_minute)
         return int(wait_ms) / 1000
 
@@ -236,50 +222,15 @@ class RedisBroker(Broker):
                 return await self.history.since(self._reader, positions)
         except LINK_ERRORS as error:
             log.warning("hub: reading history from %s failed (%s)",
-                        _without_password(self.url), describe_error(error))
+                        without_password(self.url), describe_error(error))
             return dict.fromkeys(positions)
-
-    async def _run_command(self, *command: Any, script: str | None = None) -> Any:
-        """One command on the publishing connection, in call order; raises SendFailed.
-
-        An EVALSHA that Redis answers with NOSCRIPT (it restarted, or flushed its
-        scripts) is sent again as EVAL with `script`, under the same lock.
-        """
-        written = False
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT), self._publish_lock:
-                conn = self._publisher
-                if conn is None:
-                    conn = self._publisher = self._connection()
-                try:
-                    if not conn.is_connected:
-                        await connect(conn)
-                    await conn.send_command(*command)
-                    written = True
-                    try:
-                        return await conn.read_response()
-                    except NoScriptError:
-                        if script is None:
-                            raise
-                        written = False
-                        await conn.send_command("EVAL", script, *command[2:])
-                        written = True
-                        return await conn.read_response()
-                except ResponseError:
-                    written = False  # Redis refused it: the script publishes last
-                    raise
-                except BaseException:
-                    await conn.disconnect(nowait=True)
-                    raise
-        except LINK_ERRORS as error:
-            raise SendFailed(error, maybe_done=written) from error
 
     def _send_failed(self, error: BaseException) -> None:
         metrics.HUB_PUBLISH_FAILED.inc()
         if not self._publish_failing:
             self._publish_failing = True
             log.warning("hub: sending to %s failed (%s); group sends reach this process "
-                        "only until Redis answers again", _without_password(self.url),
+                        "only until Redis answers again", without_password(self.url),
                         describe_error(error))
 
     def _send_works(self) -> None:
@@ -303,7 +254,7 @@ class RedisBroker(Broker):
                 return  # this process delivered it locally before publishing
         else:
             metrics.HUB_RECEIVED.inc()
-        group = channel.decode()[len(self._channel_prefix):]
+        group = self.keys.group_of(channel)
         try:
             self.receiver(group, message.payload, message.exclude, message.min_version,
                           message.position)
@@ -311,25 +262,21 @@ class RedisBroker(Broker):
             log.exception("hub: delivering a message for group %s failed", group)
 
     async def _reset_publisher(self) -> None:
-        """A new link means Redis may have restarted: never PUBLISH on a dead socket, and
-        load the history script again, so that even the first send is one EVALSHA.
-        Runs as the link comes up: sends are tried again from then on."""
-        async with self._publish_lock:
-            if self._publisher is not None:
-                await self._publisher.disconnect(nowait=True)
-            conn = self._publisher = self._connection()
-            with contextlib.suppress(*LINK_ERRORS):
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await connect(conn)
-                    if self.history is not None:
-                        await conn.send_command("SCRIPT", "LOAD", APPEND)
-                        await conn.read_response()
+        """Runs as the link comes up: sends are tried again from then on."""
+        await self._publisher.reset(APPEND if self.history is not None else None)
         self._publish_failing = False
 
 
 def redis_url_problem(url: str) -> str | None:
-    """What is wrong with a redis://, rediss:// or unix:// hub URL, or None if nothing."""
-    shown = _without_password(url)
+    """What is wrong with a redis://, rediss://, unix:// or redis+cluster:// hub URL, or
+    None if nothing."""
+    shown = without_password(url)
+    if is_cluster_url(url):
+        try:
+            parse_cluster_url(url)
+        except ValueError as error:
+            return f"{error}, got {shown!r}"
+        return None
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -338,7 +285,7 @@ def redis_url_problem(url: str) -> str | None:
     if parts.scheme == "unix":
         return None if parts.path else f"unix:// needs a socket path, got {shown!r}"
     if parts.scheme not in ("redis", "rediss"):
-        return f"must start with redis://, rediss:// or unix://, got {shown!r}"
+        return f"must start with redis://, rediss://, unix:// or redis+cluster://, got {shown!r}"
     if not parts.hostname:
         return f"needs a host, e.g. redis://127.0.0.1:6379/0, got {shown!r}"
     if port == 0:
@@ -353,7 +300,7 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     """The URL for logs, errors and /readyz, its password replaced by ***."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")

@@ -1,5 +1,8 @@
 """A group's history in Redis: a capped stream beside a meta hash that outlives it.
 
+Key names come from hub/keys.py (in a Redis Cluster they carry the group's hash tag,
+`<prefix>:meta:{<group>}`, so that the scripts touch one slot):
+
     <prefix>:meta:<group>     hash {epoch, offset, bytes, ended}; lives META_TTL after
                               the last send, or hub.history_ttl once the group ended
     <prefix>:stream:<group>   stream of the last events, at most hub.history_size of
@@ -13,7 +16,8 @@
 APPEND is one Lua script (EVALSHA, one round trip): it takes the group's next offset,
 appends the event (dropping the oldest past the size or the bytes; an event longer than
 hub.history_bytes empties the stream, as nobody could replay past it), and publishes it
-as a taxi2 message carrying that offset, so Redis's publish order is the numbering order
+as a taxi2 message carrying that offset (PUBLISH, or SPUBLISH in a Redis Cluster: the
+channel carries the same tag as the keys), so Redis's publish order is the numbering order
 on every subscribed process. A meta hash that is gone (Redis restarted without
 persistence, flushed, or the group silent past its ttl) starts a new epoch (the
 candidate the caller sends) and offsets start again from 1. END marks a group that had
@@ -35,13 +39,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay, new_epoch, replay_from
+from taxi_tornado.hub.keys import HubKeys
 
 # KEYS: meta, stream, sizes. ARGV: channel, wire header, payload, size, ttl ms, meta ttl
-# ms, epoch candidate, bytes. Returns {offset, epoch, receivers}.
+# ms, epoch candidate, bytes, publish command (PUBLISH or SPUBLISH). Returns {offset,
+# epoch, receivers}.
 APPEND = """
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'ended', 'bytes')
 local epoch = meta[1]
@@ -85,7 +91,7 @@ else
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
-local receivers = redis.call('PUBLISH', ARGV[1],
+local receivers = redis.call(ARGV[9], ARGV[1],
   ARGV[2] .. ' ' .. offset .. ' ' .. epoch .. '\\n' .. payload)
 return {offset, epoch, receivers}
 """
@@ -133,16 +139,15 @@ return out
 
 
 class RedisHistory:
-    """Keys, the append command and the replay read for one deployment's prefix."""
+    """The append command and the replay read for one deployment's keys."""
 
-    def __init__(self, prefix: str, limits: HistoryLimits) -> None:
+    def __init__(self, keys: HubKeys, limits: HistoryLimits) -> None:
         self.limits = limits
-        self._meta = f"{prefix}:meta:"
-        self._stream = f"{prefix}:stream:"
+        self.keys = keys
+        self._publish = "SPUBLISH" if keys.tagged else "PUBLISH"
         self._size = str(limits.size)
         self._ttl_ms = str(math.ceil(limits.ttl * 1000))
         self._meta_ttl_ms = str(math.ceil(limits.meta_ttl * 1000))
-        self._sizes = f"{prefix}:sizes:"
         self._bytes = str(limits.bytes)
         self._read: AsyncScript | None = None
 
@@ -150,21 +155,23 @@ class RedisHistory:
         self, group: str, channel: str, header: bytes, payload: bytes
     ) -> tuple[Any, ...]:
         """The arguments after the script (EVALSHA <sha> or EVAL <script>)."""
-        return (3, self._meta + group, self._stream + group, self._sizes + group, channel,
-                header, payload, self._size, self._ttl_ms, self._meta_ttl_ms, new_epoch(),
-                self._bytes)
+        keys = self.keys
+        return (3, keys.meta(group), keys.stream(group), keys.sizes(group), channel, header,
+                payload, self._size, self._ttl_ms, self._meta_ttl_ms, new_epoch(),
+                self._bytes, self._publish)
 
     def end_arguments(self, group: str) -> tuple[Any, ...]:
         """The arguments of END after the script: its meta hash lives as its events."""
-        return (1, self._meta + group, self._ttl_ms)
+        return (1, self.keys.meta(group), self._ttl_ms)
 
     async def since(
-        self, client: Redis, positions: Mapping[str, Position]
+        self, client: Redis | RedisCluster, positions: Mapping[str, Position]
     ) -> dict[str, Replay | None]:
-        """Every group's replay, read with one script call (one round trip, one snapshot)."""
+        """Every group's replay, read with one script call (one round trip, one snapshot).
+        In a Redis Cluster, the groups of one call must share a slot (one group each)."""
         keys: list[str] = []
         for group in positions:
-            keys += (self._meta + group, self._stream + group)
+            keys += (self.keys.meta(group), self.keys.stream(group))
         arguments = [f"{min(position.offset, MAX_OFFSET) + 1}-0"
                      for position in positions.values()]
         if self._read is None:

@@ -1,4 +1,5 @@
-"""The Redis broker's subscriber link: one connection subscribed to every group of ours.
+"""The Redis broker's subscriber link: one connection subscribed to every group of ours
+(in a Redis Cluster, one per shard, with sharded pub/sub: SSUBSCRIBE).
 
 A process subscribes to a group's channel while it has a member in it. SUBSCRIBE and
 UNSUBSCRIBE are written on the link in call order and each waits for its own
@@ -37,27 +38,36 @@ WRITE_TIMEOUT = 5.0
 HEALTH_INTERVAL = 10.0
 SUBSCRIBE_BATCH = 1000
 LINK_ERRORS = (RedisError, OSError, TimeoutError)
+CONFIRMATIONS = (b"subscribe", b"unsubscribe", b"ssubscribe", b"sunsubscribe")
 
 
 class SubscriberLink:
     """The subscriptions of one process and the connection that holds them.
 
-    `new_connection` makes an unconnected connection; `on_message(channel, data)` takes
-    every message; `on_connected` runs once the groups are subscribed again after a
-    (re)connect, before the link counts as up. `url` is for logs, without its password.
+    `new_connection` makes an unconnected connection; `channel(group)` names a group's
+    channel; `on_message(channel, data)` takes every message; `on_connected` runs once
+    the groups are subscribed again after a (re)connect, before the link counts as up.
+    `url` is for logs, without its password.
+    `sharded` subscribes with SSUBSCRIBE (Redis Cluster: the channels live on the shard
+    that owns their slot), one channel per command as a command may not span slots.
     """
 
     def __init__(
         self,
         new_connection: Callable[[], AbstractConnection],
-        channel_prefix: str,
+        channel: Callable[[str], str],
         on_message: Callable[[bytes, bytes], None],
         on_connected: Callable[[], Awaitable[None]],
         description: str,
         url: str,
+        *,
+        sharded: bool = False,
     ) -> None:
         self._new_connection = new_connection
-        self._channel_prefix = channel_prefix
+        self.channel = channel
+        self._subscribe, self._unsubscribe, self._message, self._batch = (
+            ("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", 1) if sharded else
+            ("SUBSCRIBE", "UNSUBSCRIBE", b"message", SUBSCRIBE_BATCH))
         self._on_message = on_message
         self._on_connected = on_connected
         self._description = description
@@ -73,8 +83,9 @@ class SubscriberLink:
         self._task: asyncio.Task[None] | None = None
         self._last_read = 0.0
 
-    def channel(self, group: str) -> str:
-        return self._channel_prefix + group
+    @property
+    def groups(self) -> int:
+        return len(self._groups)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -87,20 +98,20 @@ class SubscriberLink:
         """Returns once Redis confirmed; at once while the link is down (the reconnect
         subscribes every current group)."""
         self._groups.add(group)
-        waiter = await self._command("SUBSCRIBE", group)
+        waiter = await self._command(self._subscribe, group)
         if waiter is None:
             return
         try:
             async with asyncio.timeout(CONFIRM_TIMEOUT):
                 await waiter
         except TimeoutError:
-            log.warning("hub: Redis did not confirm SUBSCRIBE %s within %ss",
+            log.warning("hub: Redis did not confirm %s %s within %ss", self._subscribe,
                         self.channel(group), CONFIRM_TIMEOUT)
 
     async def unsubscribe(self, group: str) -> None:
         """Sends UNSUBSCRIBE without waiting: a late message is dropped by the hub anyway."""
         self._groups.discard(group)
-        await self._command("UNSUBSCRIBE", group)
+        await self._command(self._unsubscribe, group)
 
     async def _run(self) -> None:
         delay = BACKOFF_MIN
@@ -152,8 +163,8 @@ class SubscriberLink:
             self._link = conn
             channels = [self.channel(group) for group in sorted(self._groups)]
             waiters = [self._expect(channel) for channel in channels]
-            for start in range(0, len(channels), SUBSCRIBE_BATCH):
-                await write(conn, "SUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH])
+            for start in range(0, len(channels), self._batch):
+                await write(conn, self._subscribe, *channels[start:start + self._batch])
         async with asyncio.timeout(CONFIRM_TIMEOUT + len(channels) / 10_000):
             await asyncio.gather(*waiters)
         await self._on_connected()
@@ -180,9 +191,9 @@ class SubscriberLink:
         if not isinstance(reply, list) or len(reply) < 2:
             return
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._message:
             self._on_message(reply[1], reply[2])
-        elif kind in (b"subscribe", b"unsubscribe"):
+        elif kind in CONFIRMATIONS:
             self._confirm(reply[1].decode())
 
     async def _command(self, verb: str, group: str) -> asyncio.Future[bool] | None:

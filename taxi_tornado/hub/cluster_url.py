@@ -1,0 +1,78 @@
+"""hub.url for a Redis Cluster, and the Redis client any part of the server builds from
+hub.url (a plain client for one Redis, a cluster client for a cluster).
+
+    redis+cluster://[user:password@]host:port[,host:port...]    (rediss+cluster:// for TLS)
+
+The hosts are seeds: the client asks the first that answers for the cluster's shards and
+discovers the rest, so listing two or three nodes is enough. A cluster has only database
+0: a path other than `/` or `/0` is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed cluster hub.url: the seed nodes and the options of every connection."""
+
+    seeds: tuple[tuple[str, int], ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, **options: Any) -> RedisCluster:
+        """A cluster client on the seeds (more seeds may be given in `extra_seeds`)."""
+        extra: list[tuple[str, int]] = options.pop("extra_seeds", [])
+        nodes = [ClusterNode(host, port) for host, port in (*self.seeds, *extra)]
+        return RedisCluster(startup_nodes=nodes, **{**self.options, **options})
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """The seeds and options of a cluster URL; ValueError saying what is wrong."""
+    scheme, _, rest = url.partition("://")
+    if "?" in rest or "#" in rest:
+        raise ValueError("takes no query string (redis+cluster://host:port,host:port)")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0 (leave the path out)")
+    userinfo, at, hosts = netloc.rpartition("@")
+    options: dict[str, Any] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        options.update(username=user or None, password=password if colon else None)
+    if scheme == "rediss+cluster":
+        options["ssl"] = True
+    seeds = tuple(_seed(part) for part in hosts.split(","))
+    return ClusterURL(seeds, options)
+
+
+def _seed(part: str) -> tuple[str, int]:
+    host, colon, port = part.rpartition(":")
+    if not colon:
+        host, port = part, "6379"
+    host = host.strip("[]")
+    if not host:
+        raise ValueError("needs host:port for every seed node, "
+                         "e.g. redis+cluster://10.0.0.5:7000,10.0.0.6:7000")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port must be a number from 1 to 65535, got {port!r}")
+    return host, int(port)
+
+
+def redis_client(url: str, **options: Any) -> Redis | RedisCluster:
+    """A client for the hub's Redis, one server or a cluster, as hub.url says. In a
+    cluster, commands whose keys share a hash tag (hub/keys.py) go to one shard."""
+    if is_cluster_url(url):
+        return parse_cluster_url(url).client(**options)
+    client: Redis = Redis.from_url(url, **options)
+    return client
