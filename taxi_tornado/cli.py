@@ -1,4 +1,4 @@
-"""`taxi-tornado serve | createuser | plugins | check | new-plugin`.
+"""`taxi-tornado serve | createuser | plugins | check | new-plugin | simulate`.
 
 Every command reads the same settings; a bad one stops it with one line naming the key
 and exit status 2.
@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     asyncapi.add_argument("--update-docs", metavar="PATH",
                           help="instead, rewrite the message table in PATH (docs/protocol.md)")
     asyncapi.set_defaults(run=asyncapi_command)
+
+    simulate = commands.add_parser(
+        "simulate", help="run a synthetic city of drivers and riders against a server, "
+        "then check what every phone saw (docs/simulate.md)")
+    _simulate_options(simulate)
+    simulate.set_defaults(run=simulate_command)
 
     scaffold = commands.add_parser("new-plugin", help="write a new plugin package to start from")
     scaffold.add_argument("name", help="the plugin's name: lower-case letters, digits and _")
@@ -229,6 +235,52 @@ def asyncapi_command(settings: Settings, args: argparse.Namespace) -> int:
                                    asyncapi.message_table(document, built_in))
     print(f"{args.update_docs}: {'table updated' if changed else 'table up to date'}")
     return 0
+
+
+def _simulate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="a running server (default: start one here, on the "
+                        "embedded defaults, in a temporary data directory)")
+    parser.add_argument("--drivers", type=int, default=50, metavar="N")
+    parser.add_argument("--riders", type=int, default=10, metavar="N")
+    parser.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
+                        help="wall seconds in which riders request trips (default 60)")
+    parser.add_argument("--seed", type=int, default=1, metavar="N")
+    parser.add_argument("--speed", type=float, default=30.0, metavar="X",
+                        help="simulated seconds per wall second (default 30)")
+    parser.add_argument("--center", default="52.52,13.405", metavar="LAT,LNG")
+    parser.add_argument("--radius-km", type=float, default=5.0, metavar="R")
+    parser.add_argument("--dispatch", choices=("broadcast", "nearest"), default="broadcast",
+                        help="dispatch.mode of the server it starts (not with --url)")
+    parser.add_argument("--report", metavar="FILE", help="write the JSON report here "
+                        "(default: print it)")
+    parser.add_argument("--accounts", metavar="FILE",
+                        help="keep the accounts and their tokens here, for the next run")
+
+
+def simulate_command(settings: Settings, args: argparse.Namespace) -> int:
+    """A city that runs by itself; exit status 1 when an invariant broke."""
+    import json  # imported here: the CLI's header is shared with other work
+    from pathlib import Path
+
+    from taxi_tornado.simulate import Options, simulate
+
+    try:
+        lat, lng = (float(part) for part in args.center.split(","))
+    except ValueError:
+        print("taxi-tornado: --center: LAT,LNG, e.g. 52.52,13.405", file=sys.stderr)
+        return EXIT_USAGE
+    options = Options(
+        url=args.url, drivers=args.drivers, riders=args.riders, duration=args.duration,
+        seed=args.seed, speed=args.speed, center=(lat, lng), radius_km=args.radius_km,
+        dispatch=args.dispatch, report=Path(args.report) if args.report else None,
+        accounts=Path(args.accounts) if args.accounts else None)
+    report = asyncio.run(simulate(options))
+    if options.report is None:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"simulate: trips {report['trips']}; invariants {report['invariants']}; "
+              f"report in {options.report}", file=sys.stderr)
+    return 0 if report["ok"] else 1
 
 
 def _plugin_lines(plugin: PluginInfo) -> list[str]:
