@@ -16,7 +16,7 @@ LOCATION_TTL_S = 30.0
 class Behaviour:
     """How synthetic people act; every choice is drawn from the run's seeded random."""
 
-    drive_speed_mps: tuple[float, float] = (7.0, 11.0)  # 25 to 40 km/h through town
+    drive_speed_mps: tuple[float, float] = (8.0, 13.0)  # 30 to 45 km/h through town
     position_every_s: float = 4.0  # a phone's GPS report...
     position_min_wall: float = 0.3  # ...but not more often than this, in wall seconds
     accept: float = 0.85  # a driver takes an offer (or a broadcast request near enough)
@@ -25,7 +25,7 @@ class Behaviour:
     off_every_s: float = 2400.0  # a driver goes unavailable about this often...
     off_for_s: float = 400.0  # ...for about this long
     request_every_s: float = 240.0  # a rider's mean wait before the next trip (Poisson)
-    trip_m: tuple[float, float] = (800.0, 6000.0)  # pick-up to drop-off
+    trip_m: tuple[float, float] = (800.0, 5000.0)  # pick-up to drop-off
     cancel: float = 0.1  # a rider changes their mind while the trip is REQUESTED
     cancel_after_s: tuple[float, float] = (5.0, 60.0)
     patience_s: float = 180.0  # a rider gives up on a REQUESTED trip (past max_wait)
