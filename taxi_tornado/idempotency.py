@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
+from taxi_tornado.hub.keys import HubKeys
 from taxi_tornado.store import RequestKey
 
 log = logging.getLogger("taxi_tornado.idempotency")
@@ -140,14 +141,12 @@ def _same_numbers(value: Any) -> Any:
 
 class RedisKeys:
     """Keys in Redis (with the Redis hub): one string per (user, key), holding the
-    fingerprint (64 hex characters) and, once answered, the answer after it."""
+    fingerprint (64 hex characters) and, once answered, the answer after it. Named by
+    hub/keys.py: in a Redis Cluster a user's keys share the user's hash tag."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis | RedisCluster, keys: HubKeys) -> None:
         self.redis = redis
-        self.prefix = prefix
-
-    def _name(self, user_id: str, key: str) -> str:
-        return f"{self.prefix}:keys:{user_id}:{key}"
+        self._name = keys.request_key
 
     async def claim_key(self, user_id: str, key: str, fingerprint: str,
                         lease: float) -> RequestKey | None:

@@ -27,13 +27,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from taxi_tornado import __version__, metrics
 from taxi_tornado.background import cancel_and_wait
 from taxi_tornado.frames import message_frame
+from taxi_tornado.hub import hub_keys, redis_client
 from taxi_tornado.store import (
     ACTIVE_STATUSES,
     STAFF,
@@ -412,10 +412,11 @@ class RedisNodes:
     """
 
     def __init__(self, url: str, prefix: str) -> None:
-        self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
-        self.index = f"{prefix}:admin:nodes"
-        self.prefix = f"{prefix}:admin:node:"
+        self.redis = redis_client(url, socket_timeout=REDIS_TIMEOUT,
+                                  socket_connect_timeout=REDIS_TIMEOUT)
+        keys = hub_keys(url, prefix)  # in a cluster: one hash tag, read together
+        self.index = keys.admin_nodes()
+        self.prefix = keys.admin_node("")
 
     async def put(self, sample: dict[str, Any]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -18,7 +18,7 @@ from taxi_tornado.dispatch.service import Dispatch
 from taxi_tornado.frames import encode
 from taxi_tornado.handlers.expiry import TokenExpiry
 from taxi_tornado.handlers.keepalive import Keepalive
-from taxi_tornado.hub import HistoryLimits, Hub, build_broker
+from taxi_tornado.hub import HistoryLimits, Hub, build_broker, hub_keys
 from taxi_tornado.idempotency import Idempotency, RedisKeys, RequestKeys
 from taxi_tornado.monitor import Monitor, SocketCensus
 from taxi_tornado.plugins.admin import ADMIN
@@ -95,8 +95,8 @@ def build_services(settings: Settings, registry: Registry | None = None,
                         [listener for _, listener in registry.trip_listeners])
     # Keys live where every process sharing the hub sees them: in Redis with a Redis hub
     # (through the dispatch's client, which it closes), else in the store.
-    keys: RequestKeys = store if dispatch.redis is None else RedisKeys(dispatch.redis,
-                                                                       settings.hub.prefix)
+    keys: RequestKeys = store if dispatch.redis is None else RedisKeys(
+        dispatch.redis, hub_keys(settings.hub.url, settings.hub.prefix))
     return Services(
         settings=settings,
         store=store,

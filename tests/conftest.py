@@ -31,6 +31,7 @@ from taxi_tornado.app import Server
 from taxi_tornado.auth import TokenAuthority, _hasher
 from taxi_tornado.settings import Settings, replace
 from taxi_tornado.store import TripStatus, User
+from tests.redis_cluster import redis_cluster  # noqa: F401  the session's Redis Cluster
 from tests.redis_server import RedisServer, free_port
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from taxi_tornado.background import cancel_and_wait
@@ -42,7 +42,8 @@ RECONNECT_S = 1.0
 
 
 class DrivingTrips:
-    def __init__(self, store: Store, redis: Redis | None = None, channel: str = "",
+    def __init__(self, store: Store, redis: Redis | RedisCluster | None = None,
+                 channel: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self._clock = clock

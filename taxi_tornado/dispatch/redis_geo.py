@@ -26,7 +26,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from taxi_tornado.dispatch.locations import (
@@ -187,7 +187,8 @@ return #stale
 class RedisLocationIndex(LocationIndex):
     """Positions in one Redis GEO set; presence per process, so a crash is noticed."""
 
-    def __init__(self, redis: Redis, prefix: str, node: str, ttl: float) -> None:
+    def __init__(self, redis: Redis | RedisCluster, prefix: str, node: str,
+                 ttl: float) -> None:
         super().__init__(ttl)
         self.redis = redis
         self.node = node

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from taxi_tornado.dispatch.offers import Dispatching, OfferBook
 
@@ -68,7 +68,7 @@ return 1
 
 
 class RedisOfferBook(OfferBook):
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis | RedisCluster, prefix: str) -> None:
         self.redis = redis
         self._prefix = f"{prefix}:dispatch:"
         self._active = self._prefix + "active"

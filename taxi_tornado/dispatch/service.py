@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from taxi_tornado import metrics
@@ -26,7 +26,7 @@ from taxi_tornado.dispatch.offers import MemoryOfferBook, OfferBook
 from taxi_tornado.dispatch.redis_geo import RedisLocationIndex
 from taxi_tornado.dispatch.redis_offers import RedisOfferBook
 from taxi_tornado.dispatch.strategy import DispatchContext, DispatchStrategy, StrategyFactory
-from taxi_tornado.hub import Hub
+from taxi_tornado.hub import Hub, hub_keys, redis_client
 from taxi_tornado.settings import Settings, SettingsError
 from taxi_tornado.store import Store
 
@@ -49,7 +49,7 @@ class Dispatch:
         factory = strategy_factory(settings, strategies)
         self.settings = settings
         self.node = uuid.uuid4().hex
-        self.redis: Redis | None = None
+        self.redis: Redis | RedisCluster | None = None
         ttl = settings.dispatch.location_ttl
         self.locations: LocationIndex
         offers: OfferBook
@@ -57,8 +57,10 @@ class Dispatch:
             self.locations, offers = H3LocationIndex(ttl), MemoryOfferBook()
             self.trips = DrivingTrips(store)
         else:
-            self.redis = Redis.from_url(settings.hub.url, **REDIS_OPTIONS)  # type: ignore[arg-type]
-            prefix = settings.hub.prefix
+            # One Redis or a Redis Cluster; in a cluster every dispatch key shares one
+            # hash tag (hub/keys.py), so dispatch's scripts run on one shard.
+            self.redis = redis_client(settings.hub.url, **REDIS_OPTIONS)
+            prefix = hub_keys(settings.hub.url, settings.hub.prefix).dispatch_prefix()
             self.locations = RedisLocationIndex(self.redis, prefix, self.node, ttl)
             offers = RedisOfferBook(self.redis, prefix)
             self.trips = DrivingTrips(store, self.redis, f"{prefix}:dispatch:driving")

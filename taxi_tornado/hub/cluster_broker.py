@@ -347,6 +347,11 @@ class ClusterBroker(Broker):
         found = await self._discover()
         if found is None:
             return
+        if self._map is None:
+            # The commands' client learns the map now rather than on its first command:
+            # concurrent first reads would go to a wrong shard (MOVED) meanwhile.
+            with contextlib.suppress(*CLUSTER_ERRORS):
+                await self._client.initialize()
         old, self._map = self._map, found
         masters = {node.name: node for node in found.get_primaries()}
         for name, node in masters.items():
