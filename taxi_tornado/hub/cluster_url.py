@@ -65,7 +65,8 @@ def _seed(part: str) -> tuple[str, int]:
         raise ValueError("needs host:port for every seed node, "
                          "e.g. redis+cluster://10.0.0.5:7000,10.0.0.6:7000")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"the port must be a number from 1 to 65535, got {port!r}")
+        raise ValueError(f"the port of each seed must be a number from 1 to 65535 "
+                         f"({part!r})")
     return host, int(port)
 
 
