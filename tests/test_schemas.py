@@ -3,6 +3,7 @@ runs, senders and versions are refused before that, and a bad schema stops start
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from taxi_tornado.plugins.api import PluginError, Registry
 from taxi_tornado.plugins.loader import load_plugins
-from taxi_tornado.schemas import compile_check
+from taxi_tornado.schemas import MAX_ERRORS, MAX_MESSAGE, compile_check
 from tests.conftest import FakeDistributions, make_settings
 
 # A plugin whose handler records every call in a list the test can read back.
@@ -148,6 +149,55 @@ def test_a_schema_that_accepts_anything_costs_no_check() -> None:
     check = compile_check({"type": "integer"})
     assert check is not None and check(3) is None and check("3") == {
         "data": ["Expected an integer."]}
+
+
+async def test_a_resume_of_thousands_of_groups_is_refused_briefly(
+    server,  # type: ignore[no-untyped-def]
+) -> None:
+    """A 64 KiB resume of empty positions once cost the loop seconds and answered 0.5 MB."""
+    _, token = await server.user("rita")
+    attacker = await server.connect(token, v2=True)
+    bystander = await server.connect((await server.user("bob"))[1])
+    positions = {f"{number:x}": {} for number in range(6900)}
+    frame = json.dumps({"type": "session.resume", "id": "r", "data": {"positions": positions}},
+                       separators=(",", ":"))
+    assert len(frame) < server.settings.server.max_message_size
+    for _ in range(3):
+        await attacker.send(frame)
+    answers = [await attacker.ws.read_message() for _ in range(3)]
+    assert all(isinstance(text, str) and len(text) < 1000 for text in answers), answers
+    assert json.loads(answers[0]) == {"type": "error", "id": "r", "data": {
+        "code": "invalid", "detail": "The session.resume data is not valid.",
+        "for": "session.resume",
+        "errors": {"positions": ["Ensure this field has no more than 256 entries."]}}}
+    echo = await bystander.request({"type": "echo.message", "data": 1})
+    assert echo == {"type": "echo.message", "data": 1}
+    few = {f"g{number}": {"offset": 0, "epoch": "e"} for number in range(256)}
+    reply = await attacker.request({"type": "session.resume", "data": {"positions": few}})
+    assert reply["type"] == "session.resumed", reply
+
+
+def test_field_errors_are_few_and_short_whatever_the_data() -> None:
+    check = compile_check({"type": "array", "items": {"enum": ["a", "b"]}})
+    assert check is not None
+    errors = check([{"note": "x" * 5000, "ok": True}] * 60)
+    assert errors is not None and len(errors) == MAX_ERRORS
+    assert errors["0"] == ['{"note":"' + "x" * (MAX_MESSAGE - 10) + "…"]
+    assert all(len(message) <= MAX_MESSAGE for messages in errors.values()
+               for message in messages)
+    assert check([None]) == {"0": ["null is not a valid choice."]}
+
+
+def test_large_invalid_data_gets_its_first_error_only() -> None:
+    check = compile_check({"type": "object", "additionalProperties": {
+        "type": "object", "required": ["a", "b"]}})
+    assert check is not None
+    assert check({f"k{number}": {} for number in range(5000)}) == {
+        "k0": ["a: This field is required."]}
+    assert check({"k0": {}, "k1": {}}) == {"k0": ["a: This field is required.",
+                                                  "b: This field is required."],
+                                           "k1": ["a: This field is required.",
+                                                  "b: This field is required."]}
 
 
 async def _noop(conn: Any, data: Any) -> None:

@@ -23,8 +23,12 @@ TIME = {"type": "string", "format": "date-time"}
 POSITION = {"type": "object", "required": ["offset", "epoch"],
             "properties": {"offset": {"type": "integer", "minimum": 0},
                            "epoch": {"type": "string"}}}
+# Groups one resume may list: a connection is in a handful (user, drivers, its trips);
+# the cap keeps a resume's work, and the errors of a bad one, small.
+MAX_POSITIONS = 256
 RESUME = {"type": "object", "required": ["positions"],
           "properties": {"positions": {"type": "object", "additionalProperties": POSITION,
+                                       "maxProperties": MAX_POSITIONS,
                                        "description": "group: the last position received"}}}
 RESUMED = {"type": "object", "required": ["groups"], "properties": {"groups": {
     "type": "object", "additionalProperties": {
