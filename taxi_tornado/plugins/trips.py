@@ -5,11 +5,20 @@ so when drivers race exactly one wins. Who hears of a new trip, and which driver
 and claim it, is the dispatch strategy's business (`dispatch.mode`): this plugin calls it
 and never knows which one runs. Notices that the course's React client would misread (a
 trip taken, a location) go only to v2 connections.
+
+Once a change is stored it has happened: what follows (joining the group, dispatch,
+events, the operators' page, follows) runs step by step through `_aftermath`, where a
+failing step (a Redis that went away) is logged with the trip's id and the next runs all
+the same. The sender gets the stored trip, never `internal`: an `internal` would free
+the request's idempotency key, and the phone's retry would make a second trip.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from taxi_tornado import metrics
@@ -24,6 +33,9 @@ from taxi_tornado.plugins.trip_quota import TripQuota
 from taxi_tornado.store import STAFF, LatLng, Trip, TripStatus, format_time, now
 
 RIDERS, DRIVERS_ONLY = ("rider",), ("driver",)
+Step = Callable[[], Awaitable[object]]
+
+log = logging.getLogger("taxi_tornado.plugins.trips")
 
 
 def setup(registry: Registry) -> None:
@@ -66,10 +78,10 @@ async def request_trip(conn: Connection, data: dict[str, Any]) -> dict[str, Any]
                                         data["drop_off_address"], _position(data, "pick_up"),
                                         _position(data, "drop_off"))
     message = trip_message(trip, conn)
-    await conn.join(trip.id)
-    await dispatch_of(conn).strategy.dispatch(conn, trip)
-    await _tell_staff(conn, message)
-    await follow(conn.hub, conn.user.id, trip.id)  # last: see plugins/follow.py
+    await _aftermath(trip.id, "request", partial(conn.join, trip.id),
+                     partial(dispatch_of(conn).strategy.dispatch, conn, trip),
+                     partial(_tell_staff, conn, message),
+                     partial(follow, conn.hub, conn.user.id, trip.id))  # last: follow.py
     return message
 
 
@@ -93,12 +105,13 @@ async def update_trip(conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     if updated is None:
         raise ProtocolError("conflict", "The trip changed while you were updating it.")
     message = trip_message(updated, conn)
-    await conn.send_group(trip.id, message, exclude_self=True)
+    steps: list[Step] = [partial(conn.send_group, trip.id, message, exclude_self=True)]
     if updated.status.is_final:
-        await dispatch_of(conn).trip_changed(conn.user.id)
-    await _tell_staff(conn, message)
+        steps.append(partial(dispatch_of(conn).trip_changed, conn.user.id))
+    steps.append(partial(_tell_staff, conn, message))
     if updated.status.is_final:
-        await unfollow(conn.hub, trip.id)  # last: see plugins/follow.py
+        steps.append(partial(unfollow, conn.hub, trip.id))  # last: see plugins/follow.py
+    await _aftermath(trip.id, "update", *steps)
     return message
 
 
@@ -113,16 +126,15 @@ async def _claim(conn: Connection, trip: Trip, status: TripStatus) -> dict[str, 
         raise ProtocolError("conflict", "Another driver has taken this trip.")
     metrics.CLAIM_SECONDS.observe(max(0.0, time.time() - trip.created.timestamp()))
     dispatch = dispatch_of(conn)
-    await dispatch.trip_changed(conn.user.id)
     message = trip_message(claimed, conn)
-    await conn.join(trip.id)
-    await conn.send_group(trip.id, message, exclude_self=True)
-    await dispatch.strategy.claimed(conn, claimed)
-    await _tell_staff(conn, message)
-    if claimed.status.is_final:  # claimed straight to COMPLETED: nothing to follow
-        await unfollow(conn.hub, trip.id)
-    else:
-        await follow(conn.hub, conn.user.id, trip.id)  # last: see plugins/follow.py
+    await _aftermath(
+        trip.id, "claim", partial(dispatch.trip_changed, conn.user.id),
+        partial(conn.join, trip.id),
+        partial(conn.send_group, trip.id, message, exclude_self=True),
+        partial(dispatch.strategy.claimed, conn, claimed), partial(_tell_staff, conn, message),
+        # Last (plugins/follow.py); claimed straight to COMPLETED: nothing to follow.
+        partial(unfollow, conn.hub, trip.id) if claimed.status.is_final
+        else partial(follow, conn.hub, conn.user.id, trip.id))
     return message
 
 
@@ -153,14 +165,29 @@ async def _cancel(conn: Connection, trip: Trip) -> dict[str, Any]:
     if canceled is None:
         raise ProtocolError("conflict", "The trip changed while you were canceling it.")
     message = trip_message(canceled, conn)
-    await conn.send_group(trip.id, message, exclude_self=True)
+    dispatch = dispatch_of(conn)
+    steps: list[Step] = [partial(conn.send_group, trip.id, message, exclude_self=True)]
     if trip.status is TripStatus.REQUESTED:
-        await dispatch_of(conn).strategy.canceled(conn, canceled)
+        steps.append(partial(dispatch.strategy.canceled, conn, canceled))
     if trip.driver_id is not None:
-        await dispatch_of(conn).trip_changed(trip.driver_id)
-    await _tell_staff(conn, message)
-    await unfollow(conn.hub, trip.id)  # last: see plugins/follow.py
+        steps.append(partial(dispatch.trip_changed, trip.driver_id))
+    steps.append(partial(_tell_staff, conn, message))
+    steps.append(partial(unfollow, conn.hub, trip.id))  # last: see plugins/follow.py
+    await _aftermath(trip.id, "cancel", *steps)
     return message
+
+
+async def _aftermath(trip_id: str, change: str, *steps: Step) -> None:
+    """Run what follows a stored change, each step even when one before it failed; a
+    failure is logged, never raised: the change has happened, and its sender must get
+    it (see the module's docstring)."""
+    for step in steps:
+        try:
+            await step()
+        except Exception:
+            name = getattr(getattr(step, "func", step), "__qualname__", repr(step))
+            log.exception("trip %s: the %s is stored, but %s after it failed", trip_id,
+                          change, name)
 
 
 async def _tell_staff(conn: Connection, message: dict[str, Any]) -> None:
