@@ -26,8 +26,8 @@ class Behaviour:
     off_for_s: float = 400.0  # ...for about this long
     request_every_s: float = 240.0  # a rider's mean wait before the next trip (Poisson)
     trip_m: tuple[float, float] = (800.0, 5000.0)  # pick-up to drop-off
-    cancel: float = 0.1  # a rider changes their mind while the trip is REQUESTED
-    cancel_after_s: tuple[float, float] = (5.0, 60.0)
+    cancel: float = 0.15  # a rider changes their mind while the trip is REQUESTED
+    cancel_after_s: tuple[float, float] = (1.0, 15.0)
     patience_s: float = 180.0  # a rider gives up on a REQUESTED trip (past max_wait)
     follow_limit_s: float = 5400.0  # a rider stops waiting for a trip's end, reloads
 
