@@ -51,16 +51,24 @@ class Options:
     wind_down: float = 30.0  # wall seconds at most for rides under way to end
     settle: float = 2.0  # wall seconds for the last events to arrive before the check
     behaviour: Behaviour = field(default_factory=Behaviour)
+    # The dispatch timeouts (wall seconds) of a server at `url` that does not run the
+    # defaults: the checker judges `requested_past_max_wait` by them.
+    server_offer_timeout: float | None = None
+    server_max_wait: float | None = None
 
     @property
     def offer_timeout(self) -> float:
         """Wall seconds: the server's offer timeout as the self-started server runs it
         (scaled), or the default of a server at --url."""
-        return OFFER_TIMEOUT_S / self.speed if self.url is None else OFFER_TIMEOUT_S
+        if self.url is None:
+            return OFFER_TIMEOUT_S / self.speed
+        return self.server_offer_timeout or OFFER_TIMEOUT_S
 
     @property
     def max_wait(self) -> float:
-        return MAX_WAIT_S / self.speed if self.url is None else MAX_WAIT_S
+        if self.url is None:
+            return MAX_WAIT_S / self.speed
+        return self.server_max_wait or MAX_WAIT_S
 
     @property
     def position_every_wall(self) -> float:
