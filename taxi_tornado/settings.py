@@ -99,6 +99,7 @@ class LimitsSettings:
     sockets_per_user: int = 20
     trips_per_rider: int = 3
     trip_requests: int = 10
+    keyed_requests: int = 60
     idempotency_ttl: float = 86400.0
     outbound_bytes: int = 1048576
 
@@ -400,6 +401,8 @@ def _validate(s: Settings) -> None:
          "limits.idempotency_ttl: must be a positive number of seconds"),
         (s.limits.trip_requests >= 0,
          "limits.trip_requests: must not be negative (0 turns it off)"),
+        (s.limits.keyed_requests >= 0,
+         "limits.keyed_requests: must not be negative (0 turns it off)"),
         (s.limits.outbound_bytes >= 1, "limits.outbound_bytes: must be at least 1"),
         (s.log.format in LOG_FORMATS, f"log.format: must be text or json, got {s.log.format!r}"),
         (bool(s.dispatch.mode), "dispatch.mode: must name a dispatch strategy"),

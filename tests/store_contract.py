@@ -15,6 +15,7 @@ from datetime import UTC, timedelta
 
 import pytest
 
+from taxi_tornado.idempotency import RequestKeys
 from taxi_tornado.store import (
     LatLng,
     RequestKey,
@@ -426,6 +427,31 @@ class StoreContract:
         assert len(winners) == 1, results
         assert {result for result in results if result is not None} == {
             RequestKey(f"print-{winners[0]}", None)}
+
+    async def test_a_claim_remembers_or_releases_only_while_it_holds_its_key(
+            self, store: Store) -> None:
+        await claims_keep_to_their_own(store)
+
+
+async def claims_keep_to_their_own(keys: RequestKeys) -> None:
+    """A claim whose lease lapsed and was taken over neither answers nor frees the key
+    of the claim after it (any RequestKeys: the stores, and RedisKeys)."""
+    assert await keys.claim_key("u1", "slow", "f" * 64, 0.05, "claim-a") is None
+    await asyncio.sleep(0.1)
+    assert await keys.claim_key("u1", "slow", "f" * 64, 60, "claim-b") is None
+    assert await keys.remember_key("u1", "slow", "f" * 64, b'{"type":"a"}', 60,
+                                   "claim-a") is False
+    await keys.release_key("u1", "slow", "claim-a")
+    assert await keys.claim_key("u1", "slow", "f" * 64, 60, "claim-c") == RequestKey(
+        "f" * 64, None)
+    assert await keys.remember_key("u1", "slow", "f" * 64, b'{"type":"b"}', 60,
+                                   "claim-b") is True
+    await keys.release_key("u1", "slow", "claim-b")  # answered: no claim to release
+    assert await keys.claim_key("u1", "slow", "f" * 64, 60, "claim-c") == RequestKey(
+        "f" * 64, b'{"type":"b"}')
+    assert await keys.claim_key("u1", "freed", "e" * 64, 60, "claim-d") is None
+    await keys.release_key("u1", "freed", "claim-d")
+    assert await keys.claim_key("u1", "freed", "e" * 64, 60, "claim-e") is None
 
 
 async def riders(store: Store, *names: str) -> list[User]:

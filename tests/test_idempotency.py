@@ -4,6 +4,7 @@ socket or another process, gets the first answer and nothing happens twice."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,12 +13,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from taxi_tornado import idempotency
 from taxi_tornado import services as services_module
-from taxi_tornado.idempotency import fingerprint_of
+from taxi_tornado.hub.keys import HubKeys
+from taxi_tornado.idempotency import Idempotency, RedisKeys, fingerprint_of
 from taxi_tornado.store.mongo import MongoStore
+from taxi_tornado.store.sqlite import SQLiteStore
 from tests.conftest import FakeDistributions, RunningServer, make_settings
 from tests.mongomock_async import AsyncMockClient
 from tests.redis_server import SHARED_REDIS
+from tests.store_contract import claims_keep_to_their_own
 from tests.test_cluster import connect, http, sign_up
 
 Start = Callable[..., Awaitable[RunningServer]]
@@ -184,3 +189,128 @@ async def test_a_resend_on_another_process_gets_the_same_trip(
         "Authorization": f"Bearer {token}"})
     assert status == 200 and [trip["id"] for trip in trips] == [first["data"]["id"]]
 
+
+
+# --- every path settles its claim (review finding 4) ------------------------------------
+
+async def test_an_answer_that_cannot_be_kept_frees_its_key(
+    fake_plugins: FakeDistributions, tmp_path: Path, start: Start,
+) -> None:
+    """A plugin's malformed error frame, or an answer that is not JSON, is `internal`,
+    and the key is free again at once, not `in_progress` for a minute."""
+    fake_plugins.add("sloppy", """
+        CALLS = []
+
+        async def act(conn, data):
+            CALLS.append(data)
+            if data["n"] == 1:
+                return {"type": "error", "data": "not an error frame"}
+            if data["n"] == 2:
+                return {"type": "sloppy.acted", "data": {1, 2}}  # a set is not JSON
+            return {"type": "sloppy.acted", "data": len(CALLS)}
+
+        def setup(registry):
+            registry.add_message_type("sloppy.act", act, keyed=True)
+    """)
+    import fake_sloppy  # type: ignore[import-not-found]
+
+    server = await start(make_settings(tmp_path))
+    _, token = await server.user("rider")
+    client = await server.connect(token, v2=True)
+    for number in (1, 2):
+        frame = {"type": "sloppy.act", "data": {"n": number}, "key": f"k{number}"}
+        assert (await client.request(frame))["data"]["code"] == "internal"
+        assert (await client.request(frame))["data"]["code"] == "internal"  # ran again
+    assert len(fake_sloppy.CALLS) == 4
+    frame = {"type": "sloppy.act", "data": {"n": 3}, "key": "k3"}
+    assert await client.request(frame) == await client.request(frame)
+    assert len(fake_sloppy.CALLS) == 5
+
+
+async def test_a_handler_slower_than_its_lease_does_not_overwrite_the_next_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(idempotency, "CLAIM_LEASE", 0.05)
+    store = SQLiteStore(str(tmp_path / "taxi.db"))
+    await store.open()
+    try:
+        steps = Idempotency(store, 60)
+        slow_may_end = asyncio.Event()
+
+        async def slow() -> dict[str, Any]:
+            await slow_may_end.wait()
+            return {"type": "slow"}
+
+        async def fast() -> dict[str, Any]:
+            return {"type": "fast"}
+
+        first = asyncio.create_task(steps.answer("u1", "k", "t", "t", {}, slow))
+        await asyncio.sleep(0.1)  # the first claim lapses; a retry claims anew
+        assert await steps.answer("u1", "k", "t", "t", {}, fast) == {"type": "fast"}
+        slow_may_end.set()
+        assert await first == {"type": "slow"}  # its sender is answered all the same
+        assert await steps.answer("u1", "k", "t", "t", {}, slow) == {"type": "fast"}
+    finally:
+        await store.close()
+
+
+async def test_request_keys_in_redis_keep_to_their_own_claims() -> None:
+    client = aioredis.Redis.from_url(SHARED_REDIS)
+    try:
+        await claims_keep_to_their_own(RedisKeys(client, HubKeys(
+            f"test-{uuid.uuid4().hex[:12]}")))
+    finally:
+        await client.aclose()
+
+
+# --- the budget of keyed frames (review finding 2) --------------------------------------
+
+def _decline(key: str) -> dict[str, Any]:
+    """A keyed frame anybody can make up: it answers not_found, and is remembered."""
+    return {"type": "trip.decline", "key": key, "data": {"id": str(uuid.uuid4())}}
+
+
+async def test_keyed_frames_spend_one_budget_per_user_across_sockets(
+        tmp_path: Path, start: Start) -> None:
+    server = await start(make_settings(tmp_path, limits={"keyed_requests": 3}))
+    driver, token = await server.user("dora", "driver")
+    phone, tablet = await server.connect(token, v2=True), await server.connect(token, v2=True)
+    frames = [_decline(f"k{number}") for number in range(5)]
+    answers = [await (phone, tablet)[number % 2].request(frame)
+               for number, frame in enumerate(frames)]
+    assert [answer["data"]["code"] for answer in answers] == ["not_found"] * 3 + [
+        "rate_limited"] * 2
+    assert answers[3]["data"]["retry_after"] >= 1 and answers[3]["data"]["for"] == (
+        "trip.decline")
+    assert await tablet.request(frames[0]) == answers[0]  # a repeat costs nothing
+    assert (await phone.request(frames[4]))["data"]["code"] == "rate_limited"
+    # No key was kept for a refused frame.
+    with sqlite3.connect(tmp_path / "data" / "taxi.db") as database:
+        (kept,) = database.execute("SELECT count(*) FROM request_keys WHERE user_id = ?",
+                                   (driver.id,)).fetchone()
+    assert kept == 3
+    # Frames without a key, and other users, spend nothing of it.
+    unkeyed = await phone.request({"type": "trip.decline", "data": {"id": "x"}})
+    assert unkeyed["data"]["code"] == "not_found"
+    _, other_token = await server.user("otto", "driver")
+    other = await server.connect(other_token, v2=True)
+    assert (await other.request(_decline("k0")))["data"]["code"] == "not_found"
+
+
+async def test_keyed_frames_spend_one_budget_across_processes(
+        processes: Callable[..., Any]) -> None:
+    prefix = f"budget-{uuid.uuid4().hex[:12]}"
+    env = {"TAXI_HUB_URL": SHARED_REDIS, "TAXI_HUB_PREFIX": prefix,
+           "TAXI_LIMITS_KEYED_REQUESTS": "3"}
+    one, two = processes(env=env, name="one"), processes(env=env, name="two")
+    driver_id, token = await sign_up(one, "driver")
+    on_one, on_two = await connect(one, token), await connect(two, token)
+    codes = [(await client.request(_decline(f"k{number}")))["data"]["code"]
+             for number, client in enumerate((on_one, on_two, on_one, on_two))]
+    assert codes == ["not_found"] * 3 + ["rate_limited"]
+    redis = aioredis.Redis.from_url(SHARED_REDIS)
+    try:
+        kept = [name async for name in redis.scan_iter(f"{prefix}:keys:{driver_id}:*")]
+    finally:
+        await redis.aclose()
+    assert len(kept) == 3

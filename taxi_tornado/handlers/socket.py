@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
@@ -344,14 +345,30 @@ class TaxiSocket(WebSocketHandler):
                            data: Any, key: str) -> dict[str, Any] | None:
         """A keyed frame: handled at most once per (user, key); a repeat gets the
         remembered answer (idempotency.py)."""
+        charge = (lambda: self._charge_key(conn, message_type)) if (
+            self.services.settings.limits.keyed_requests) else None
         try:
             return await self.services.idempotency.answer(
                 conn.user.id, key, entry.canonical, message_type, data,
-                lambda: self._handle(conn, entry, message_type, data))
+                lambda: self._handle(conn, entry, message_type, data), charge)
         except Exception:  # the keys' store or Redis failed: the handler did not run
             log.exception("idempotency step for %r failed", message_type)
             return error_frame("internal", "The server could not handle this message.",
                                message_type)
+
+    async def _charge_key(self, conn: Connection,
+                          message_type: str) -> dict[str, Any] | None:
+        """A keyed frame that claimed its key anew spends one of its user's keyed requests
+        of this minute (limits.keyed_requests; from the hub: across sockets and
+        processes), or is refused: each makes a key kept for a day."""
+        per_minute = self.services.settings.limits.keyed_requests
+        wait = await conn.hub.spend(f"keyed_requests:{conn.user.id}", per_minute)
+        if wait <= 0:
+            return None
+        seconds = max(1, math.ceil(wait))
+        return error_frame("rate_limited", f"You sent {per_minute} frames with a key within "
+                           f"a minute: try again in {seconds} s.", message_type,
+                           retry_after=seconds)
 
     def _answer(self, conn: Connection, answer: dict[str, Any]) -> None:
         """Send a reply or an error frame to the sender, counted as such."""

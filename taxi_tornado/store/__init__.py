@@ -246,19 +246,23 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_key(self, user_id: str, key: str, fingerprint: str,
-                        lease: float) -> RequestKey | None:
-        """Claim (user, key) for `lease` seconds, with `fingerprint` and no answer, and
-        return None; when it is held (claimed or answered, and not lapsed), change
-        nothing and return what it holds. Of racing claims exactly one gets None."""
+                        lease: float, claim: str = "") -> RequestKey | None:
+        """Claim (user, key) for `lease` seconds, with `fingerprint`, no answer and the
+        token `claim` (one of the store's own when empty), and return None; when it is
+        held (claimed or answered, and not lapsed), change nothing and return what it
+        holds. Of racing claims exactly one gets None."""
 
     @abc.abstractmethod
     async def remember_key(self, user_id: str, key: str, fingerprint: str, answer: bytes,
-                           ttl: float) -> None:
-        """Hold `answer` under (user, key) for `ttl` seconds from now."""
+                           ttl: float, claim: str = "") -> bool:
+        """Hold `answer` under (user, key) for `ttl` seconds from now; given a `claim`,
+        only while the key still holds that claim (lapsed or not) unanswered. Whether it
+        was held."""
 
     @abc.abstractmethod
-    async def release_key(self, user_id: str, key: str) -> None:
-        """Forget (user, key), so that the next claim of it succeeds."""
+    async def release_key(self, user_id: str, key: str, claim: str = "") -> None:
+        """Forget (user, key), so that the next claim of it succeeds; given a `claim`,
+        only while the key still holds that claim unanswered."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ indexes are created on the first call that finds it reachable.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -249,16 +250,17 @@ class MongoStore(Store):
     # key) pair, so the unique _id index settles racing claims: one insert wins.
 
     async def claim_key(self, user_id: str, key: str, fingerprint: str,
-                        lease: float) -> RequestKey | None:
+                        lease: float, claim: str = "") -> RequestKey | None:
         pair = _key_id(user_id, key)
-        claim = {"fingerprint": fingerprint, "answer": None}
+        mine = {"fingerprint": fingerprint, "answer": None,
+                "claim": claim or uuid.uuid4().hex}
         with _driver_errors("cannot claim a request key"):
             await self._ensure_indexes()
             for _ in range(CLAIM_ATTEMPTS):
                 moment = now()
                 expires = moment + timedelta(seconds=lease)
                 try:
-                    await self._keys.insert_one({"_id": pair, **claim, "expires": expires})
+                    await self._keys.insert_one({"_id": pair, **mine, "expires": expires})
                     return None
                 except DuplicateKeyError:
                     pass
@@ -269,22 +271,28 @@ class MongoStore(Store):
                 # another claim did first; then look again.
                 taken = await self._keys.find_one_and_update(
                     {"_id": pair, "expires": {"$lte": moment}},
-                    {"$set": {**claim, "expires": expires}})
+                    {"$set": {**mine, "expires": expires}})
                 if taken is not None:
                     return None
         raise StoreError("cannot claim a request key: it keeps changing")
 
     async def remember_key(self, user_id: str, key: str, fingerprint: str, answer: bytes,
-                           ttl: float) -> None:
-        document = {"fingerprint": fingerprint, "answer": answer,
+                           ttl: float, claim: str = "") -> bool:
+        document = {"fingerprint": fingerprint, "answer": answer, "claim": "",
                     "expires": now() + timedelta(seconds=ttl)}
         with _driver_errors("cannot remember a request key"):
+            if claim:  # an answered key's claim is "": never a token
+                done = await self._keys.replace_one(
+                    {"_id": _key_id(user_id, key), "claim": claim}, document)
+                return done.matched_count == 1
             await self._keys.replace_one({"_id": _key_id(user_id, key)}, document,
                                          upsert=True)
+        return True
 
-    async def release_key(self, user_id: str, key: str) -> None:
+    async def release_key(self, user_id: str, key: str, claim: str = "") -> None:
+        query = {"_id": _key_id(user_id, key), **({"claim": claim} if claim else {})}
         with _driver_errors("cannot release a request key"):
-            await self._keys.delete_one({"_id": _key_id(user_id, key)})
+            await self._keys.delete_one(query)
 
     async def _ensure_indexes(self) -> None:
         """Create the indexes once per store; creating an existing index is a no-op."""

@@ -367,26 +367,39 @@ class SQLiteStore(Store):
     # Idempotency keys (a block of its own: see Store.claim_key).
 
     async def claim_key(self, user_id: str, key: str, fingerprint: str,
-                        lease: float) -> RequestKey | None:
-        moment, token = time.time(), uuid.uuid4().hex
+                        lease: float, claim: str = "") -> RequestKey | None:
+        moment, token = time.time(), claim or uuid.uuid4().hex
         rows = list(await self._write(CLAIM_KEY, {
             "user": user_id, "key": key, "fingerprint": fingerprint,
             "expires": moment + lease, "claim": token, "now": moment}))
-        claim, held_fingerprint, answer = rows[0]
-        return None if claim == token else RequestKey(held_fingerprint, answer)
+        held_claim, held_fingerprint, answer = rows[0]
+        return None if held_claim == token else RequestKey(held_fingerprint, answer)
 
     async def remember_key(self, user_id: str, key: str, fingerprint: str, answer: bytes,
-                           ttl: float) -> None:
+                           ttl: float, claim: str = "") -> bool:
         moment = time.time()
-        await self._write(
-            "INSERT OR REPLACE INTO request_keys"
-            " (user_id, key, fingerprint, answer, expires, claim) VALUES (?, ?, ?, ?, ?, '')",
-            (user_id, key, fingerprint, answer, moment + ttl))
+        if claim:  # an answered key's claim is '': never a token
+            rows = await self._write(
+                "UPDATE request_keys SET answer = ?, expires = ?, claim = ''"
+                " WHERE user_id = ? AND key = ? AND claim = ? RETURNING 1",
+                (answer, moment + ttl, user_id, key, claim))
+            kept = bool(list(rows))
+        else:
+            await self._write(
+                "INSERT OR REPLACE INTO request_keys (user_id, key, fingerprint, answer,"
+                " expires, claim) VALUES (?, ?, ?, ?, ?, '')",
+                (user_id, key, fingerprint, answer, moment + ttl))
+            kept = True
         if time.monotonic() - self._purged_at >= PURGE_EVERY:
             self._purged_at = time.monotonic()
             await self._write("DELETE FROM request_keys WHERE expires <= ?", (moment,))
+        return kept
 
-    async def release_key(self, user_id: str, key: str) -> None:
+    async def release_key(self, user_id: str, key: str, claim: str = "") -> None:
+        if claim:
+            await self._write("DELETE FROM request_keys WHERE user_id = ? AND key = ?"
+                              " AND claim = ?", (user_id, key, claim))
+            return
         await self._write("DELETE FROM request_keys WHERE user_id = ? AND key = ?",
                           (user_id, key))
 
