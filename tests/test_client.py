@@ -5,6 +5,7 @@ ones while offline, and swallows one direction's bytes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from taxi_tornado.client import TaxiClient, TaxiError, backoff, token_expiry
+from taxi_tornado.client.redact import redact
 from taxi_tornado.settings import Settings
 from taxi_tornado.store import User
 from tests.conftest import ROOT, SECRET, Client, RunningServer, make_settings
@@ -490,3 +492,138 @@ async def test_the_drivers_flow_of_the_docs_drives(server: RunningServer) -> Non
     stored = await server.store.get_trip(trip["id"])
     assert stored.status == "COMPLETED" and stored.driver_id == user.id
     rider.close()
+
+
+# --- tokens that cannot work, and tokens kept out of what the client says --------------
+
+def no_token_in(token: str, *texts: object) -> bool:
+    """Neither the token nor its signature appears in any of `texts`."""
+    signature = token.rsplit(".", 1)[1]
+    return not any(token in str(text) or signature in str(text) for text in texts)
+
+
+async def test_a_token_with_a_trailing_newline_is_stripped_and_connects(
+    server: RunningServer, proxy: LinkProxy
+) -> None:
+    user, _ = await server.user("rider")
+    rider = TaxiClient(proxy.url, lambda: server.tokens.issue_access(user, server.url) + "\n",
+                       reconnect=FAST)
+    await asyncio.wait_for(rider.connect(), 10)
+    assert await rider.request("echo.message", 1) == 1
+    await rider.close()
+
+
+@pytest.mark.parametrize("stray", ['"{}"', "{}\tx", "Bearer {}", "{}\nx", "{}.x", "opaque"])
+async def test_a_token_that_cannot_be_a_subprotocol_fails_connect_without_saying_it(
+    server: RunningServer, proxy: LinkProxy, caplog: pytest.LogCaptureFixture, stray: str
+) -> None:
+    user, _ = await server.user("rider")
+    good = server.tokens.issue_access(user, server.url)
+    handed = [stray.format(good)]
+    rider = TaxiClient(proxy.url, lambda: handed[0], reconnect=FAST)
+    errors: list[dict[str, Any]] = []
+    rider.on("error", lambda data, _frame: errors.append(data))
+    seen = Recorder(rider)
+
+    with pytest.raises(TaxiError) as refused:
+        await asyncio.wait_for(rider.connect(), 10)
+    assert refused.value.code == "bad_token" and "JWT" in refused.value.detail
+    assert no_token_in(good, refused.value, repr(refused.value), errors)
+    assert [error["code"] for error in errors] == ["bad_token"]
+    assert rider.state == "disconnected" and seen.states == ["connecting", "disconnected"]
+    await asyncio.sleep(0.3)  # more than the longest backoff: it does not dial on its own
+    assert proxy.links == [] and len(errors) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    handed[0] = good  # the app fixed its token: connect() starts over
+    await asyncio.wait_for(rider.connect(), 10)
+    assert await rider.request("echo.message", 2) == 2
+    await rider.close()
+
+
+async def test_a_bad_token_after_a_session_is_reported_and_the_client_keeps_trying(
+    server: RunningServer, proxy: LinkProxy
+) -> None:
+    user, _ = await server.user("rider")
+    good = server.tokens.issue_access(user, server.url)
+    handed = [good]
+    rider = TaxiClient(proxy.url, lambda: handed[0], reconnect=FAST)
+    errors: list[dict[str, Any]] = []
+    rider.on("error", lambda data, _frame: errors.append(data))
+    await rider.connect()
+    handed[0] = f'"{good}"'
+    proxy.cut()
+    await until(lambda: len(errors) >= 2, "two refusals of the bad token")
+    assert {error["code"] for error in errors} == {"bad_token"}
+    assert no_token_in(good, errors)
+    with pytest.raises(TaxiError) as refused:
+        await asyncio.wait_for(rider.connect(), 10)
+    assert refused.value.code == "bad_token" and len(proxy.links) == 1
+    handed[0] = good
+    await until(lambda: rider.state == "connected", "the reconnect with a good token")
+    assert await rider.request("echo.message", 3) == 3
+    await rider.close()
+
+
+async def test_an_unexpected_failure_to_dial_is_a_disconnect_and_the_loop_goes_on() -> None:
+    import jwt
+
+    token = jwt.encode({"sub": "1"}, "k" * 32, algorithm="HS256")
+    rider = TaxiClient("ws://127.0.0.1:99999/taxi/", lambda: token, reconnect=FAST)
+    reasons: list[str] = []
+    rider.on("disconnect", lambda data: reasons.append(data["reason"]))
+    connecting = asyncio.ensure_future(rider.connect())
+    await until(lambda: len(reasons) >= 2, "two failed dials")  # the loop is alive
+    assert "ValueError" in reasons[0] and not connecting.done()
+    await rider.close()
+    with pytest.raises(TaxiError, match="closed"):
+        await connecting
+
+
+async def test_a_peer_that_echoes_the_token_hears_it_in_no_reason_and_no_debug_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A proxy or a broken server that echoes both offered subprotocols: the library's
+    error names them, and at DEBUG it logs every handshake header."""
+    import jwt
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.http11 import Request, Response
+
+    def echo_both(_connection: ServerConnection, request: Request,
+                  response: Response) -> None:
+        response.headers["Sec-WebSocket-Protocol"] = request.headers["Sec-WebSocket-Protocol"]
+
+    async def handler(socket: ServerConnection) -> None:
+        await socket.wait_closed()
+
+    token = jwt.encode({"sub": "1", "exp": int(time.time()) + 600}, "k" * 32,
+                       algorithm="HS256")
+    caplog.set_level(logging.DEBUG)
+    async with serve(handler, "127.0.0.1", 0, process_response=echo_both) as fake:
+        port = fake.sockets[0].getsockname()[1]
+        rider = TaxiClient(f"ws://127.0.0.1:{port}/taxi/", lambda: token, reconnect=FAST)
+        reasons: list[str] = []
+        rider.on("disconnect", lambda data: reasons.append(data["reason"]))
+        connecting = asyncio.ensure_future(rider.connect())
+        await until(lambda: reasons, "the failed handshake")
+        await rider.close()
+        with pytest.raises(TaxiError):
+            await connecting
+    assert "multiple values" in reasons[0] and "bearer.<redacted>" in reasons[0]
+    assert no_token_in(token, reasons)
+    lines = [(record.getMessage(), record.exc_text or "") for record in caplog.records
+             if not record.name.startswith("websockets.server")]  # the fake's own lines
+    assert any("bearer.<redacted>" in message for message, _ in lines)  # it was logged
+    assert no_token_in(token, lines)
+
+
+def test_redact_hides_subprotocol_tokens_jwts_and_token_fields() -> None:
+    jwt_text = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    assert redact(f"multiple values: taxi.v2, bearer.{jwt_text}") == (
+        "multiple values: taxi.v2, bearer.<redacted>")
+    assert redact(f"ValueError('{jwt_text}\\n')") == "ValueError('<redacted>')"
+    assert redact('> TEXT \'{"data":{"token":"eyJhbG...XR1cmU"}}\'') == (
+        '> TEXT \'{"data":{"token":<redacted>}}\'')
+    assert redact("could not connect: taxi.example.com: timed out") == (
+        "could not connect: taxi.example.com: timed out")
+    assert TaxiError("forbidden", f"not {jwt_text}").detail == "not <redacted>"

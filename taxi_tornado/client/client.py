@@ -34,9 +34,15 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
 from taxi_tornado.client.backoff import backoff
 from taxi_tornado.client.errors import TaxiError
 from taxi_tornado.client.positions import Frame, Position, Positions
-from taxi_tornado.client.token import token_expiry
+from taxi_tornado.client.redact import RedactingFilter, redact
+from taxi_tornado.client.token import check_token, token_expiry
 
 log = logging.getLogger(__name__)
+#: The websockets library's logger for the client's sockets: at DEBUG it logs every
+#: handshake header, `bearer.<token>` included, so its lines pass the redacting filter.
+socket_log = logging.getLogger("taxi_tornado.client.websockets")
+for _logger in (log, socket_log):
+    _logger.addFilter(RedactingFilter())
 
 State = Literal["connecting", "connected", "disconnected", "closed"]
 TokenSource = Callable[[], str | Awaitable[str]]
@@ -155,7 +161,9 @@ class TaxiClient:
         reconnect, it dials at once: call it when the device's network comes back.
 
         It waits as long as it takes; wrap it in `asyncio.wait_for` for a deadline (the
-        client goes on trying after the deadline)."""
+        client goes on trying after the deadline). A token from get_token() that cannot
+        work (not a JWT) raises `TaxiError("bad_token")` at once; before any socket
+        opened, the client then stops dialling until connect() is called again."""
         if self._closed():
             raise _closed_error()
         if self._live is not None:
@@ -182,9 +190,7 @@ class TaxiClient:
         self._wake()
         for frame_id in list(self._pending):
             self._settle(frame_id, None, _closed_error())
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(_closed_error())
+        self._fail_waiters(_closed_error())
         socket, self._socket, self._live = self._socket, None, None
         current = asyncio.current_task()
         tasks = [task for task in (self._runner, *self._tasks)
@@ -363,37 +369,40 @@ class TaxiClient:
     # --- the socket --------------------------------------------------------------------
 
     async def _run(self) -> None:
-        """Dial, read until the socket closes, back off, dial again, until close()."""
+        """Dial, read until the socket closes, back off, dial again, until close(); or
+        until a token that cannot work before any socket opened (connect() raised)."""
         while not self._closed():
             self._set_state("connecting")
-            code = await self._session()
+            try:
+                code = await self._session()
+            except Exception:  # a bug must not leave the client "connecting" for ever
+                log.exception("taxi client: the session failed")
+                code = 1006
             if self._closed():
                 return
             self._set_state("disconnected")
+            if code is None:
+                self._runner = None
+                return
             await self._sleep(self._delay(code))
 
-    async def _session(self) -> int:
+    async def _session(self) -> int | None:
         """One socket from dialling to its close; returns the close code (1006 for a
-        link that dropped without a close frame or never opened)."""
+        link that dropped without a close frame or never opened), or None to stop: a
+        token that cannot work, and no session yet to keep."""
         try:
             token = await self._fetch_token()
+        except TaxiError as bad:
+            self._emit_error(bad.code, bad.detail)
+            self._fail_waiters(bad)
+            return 1006 if self._opened else None
         except Exception as error:  # the app's code: whatever it raises, try again later
             self._emit_error("token_unavailable", f"get_token() failed: {error!r}")
             return 1006
         if self._closed():
             return 1000
-        try:
-            socket = await ws_connect(
-                self._url, subprotocols=[Subprotocol("taxi.v2"), Subprotocol(f"bearer.{token}")],
-                open_timeout=self._open_timeout, ping_interval=self._ping_interval,
-                ping_timeout=self._ping_interval)
-        except InvalidStatus as refused:
-            # 401: the token was refused; the next attempt asks get_token() again.
-            status = refused.response.status_code
-            self._emit("disconnect", {"code": 1006, "reason": f"refused with HTTP {status}"})
-            return 1006
-        except (OSError, TimeoutError, WebSocketException) as error:
-            self._emit("disconnect", {"code": 1006, "reason": f"could not connect: {error}"})
+        socket = await self._dial(token)
+        if socket is None:
             return 1006
         self._socket, self._token, self._attempt = socket, token, 0
         try:
@@ -406,12 +415,33 @@ class TaxiClient:
             self._on_close(socket)
         return socket.close_code or 1006
 
+    async def _dial(self, token: str) -> ClientConnection | None:
+        """The socket, or None after telling the "disconnect" listeners why not."""
+        try:
+            return await ws_connect(
+                self._url, subprotocols=[Subprotocol("taxi.v2"), Subprotocol(f"bearer.{token}")],
+                open_timeout=self._open_timeout, ping_interval=self._ping_interval,
+                ping_timeout=self._ping_interval, logger=socket_log)
+        except InvalidStatus as refused:
+            # 401: the token was refused; the next attempt asks get_token() again.
+            reason = f"refused with HTTP {refused.response.status_code}"
+        except (OSError, TimeoutError, WebSocketException) as error:
+            reason = f"could not connect: {error}"
+        except Exception as error:  # whatever the library raises, the loop goes on
+            reason = f"could not connect: {type(error).__name__}: {error}"
+        self._emit("disconnect", {"code": 1006, "reason": redact(reason)})
+        return None
+
     async def _fetch_token(self) -> str:
+        """The token from get_token(), without the whitespace around it (a token read
+        from a file ends with a newline); TaxiError `bad_token` when it cannot work."""
         token = self._get_token()
         if inspect.isawaitable(token):
             token = await token
         if not isinstance(token, str) or not token:
             raise TypeError(f"get_token() gave {type(token).__name__}, not a token string")
+        token = token.strip()
+        check_token(token)
         return token
 
     async def _open(self, socket: ClientConnection) -> None:
@@ -486,7 +516,7 @@ class TaxiClient:
                 self._settle(frame_id, None, TaxiError(
                     "disconnected", "the link dropped before the reply; the request may or "
                                     "may not have been handled"))
-        self._emit("disconnect", {"code": code, "reason": socket.close_reason or ""})
+        self._emit("disconnect", {"code": code, "reason": redact(socket.close_reason or "")})
 
     def _delay(self, code: int) -> float:
         """4001 (the token expired) dials at once, with a token fetched first; 1008 and
@@ -545,6 +575,9 @@ class TaxiClient:
         """A new token from get_token(), then `auth.refresh` on the socket it is for."""
         try:
             token = await self._fetch_token()
+        except TaxiError as bad:
+            self._refresh_failed(socket, bad.code, bad.detail)
+            return
         except Exception as error:  # the app's code: report, and try again later
             self._refresh_failed(socket, "token_unavailable", f"get_token() failed: {error!r}")
             return
@@ -582,8 +615,14 @@ class TaxiClient:
             self._state = state
             self._emit("state", state)
 
+    def _fail_waiters(self, error: TaxiError) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+
     def _emit_error(self, code: str, detail: str) -> None:
-        data: dict[str, Any] = {"code": code, "detail": detail, "for": None, "errors": {}}
+        data: dict[str, Any] = {"code": code, "detail": redact(detail), "for": None,
+                                "errors": {}}
         self._emit("error", data, {"type": "error", "data": data})
 
     def _emit(self, type: str, *args: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from taxi_tornado.client.redact import redact
+
 FieldErrors = Mapping[str, list[str]]
 
 
@@ -21,7 +23,12 @@ class TaxiError(Exception):
     - `queue_full`: the client is not connected and already holds `queue_limit`
       (default 100) requests waiting for a socket;
     - `too_big`: the server closed the link with 1009 while the request was in flight
-      (a frame larger than it takes); it is not sent again.
+      (a frame larger than it takes); it is not sent again;
+    - `bad_token`: get_token() gave a string that is not a JWT once the whitespace
+      around it is stripped (quotes around it, a character no subprotocol can carry):
+      `connect()` raises it, and it comes as an "error" event.
+
+    `detail` never holds a token: anything shaped like one is replaced by `<redacted>`.
 
     `errors` holds the field errors of an `invalid` reply (top-level field of `data` to
     its messages), and is empty otherwise. `retry_after` is the seconds a `rate_limited`
@@ -30,6 +37,7 @@ class TaxiError(Exception):
 
     def __init__(self, code: str, detail: str = "", errors: FieldErrors | None = None,
                  *, retry_after: float | None = None) -> None:
+        detail = redact(detail)
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.detail = detail

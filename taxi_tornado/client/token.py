@@ -8,6 +8,26 @@ import binascii
 
 import orjson
 
+from taxi_tornado.client.errors import TaxiError
+from taxi_tornado.client.redact import is_token_shaped
+
+_ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def check_token(token: str) -> None:
+    """Raise TaxiError `bad_token` unless `token` is a JWT that can travel as the
+    `bearer.<token>` subprotocol. The message says what is wrong and where, never the
+    token: it ends up in logs."""
+    if is_token_shaped(token):
+        return
+    stray = next((i for i, char in enumerate(token) if char not in _ALLOWED), None)
+    if stray is not None:
+        what = f"{token[stray]!r} at position {stray} of {len(token)}"
+    else:
+        what = f"{token.count('.') + 1} dot-separated parts"
+    raise TaxiError("bad_token", f"get_token() gave a token with {what}; an access token "
+                                 "is a JWT: three base64url parts joined by dots")
+
 
 def token_expiry(token: str) -> float | None:
     """The `exp` claim of `token` in seconds since the epoch, or None when the token has
