@@ -129,6 +129,7 @@ class DispatchSettings:
     offer_timeout: float = 15.0
     max_wait: float = 120.0
     location_ttl: float = 30.0
+    region_resolution: int = 4
 
 
 @dataclass(frozen=True)
@@ -413,6 +414,8 @@ def _validate(s: Settings) -> None:
         (s.dispatch.offer_timeout > 0, "dispatch.offer_timeout: must be positive"),
         (s.dispatch.max_wait > 0, "dispatch.max_wait: must be positive"),
         (s.dispatch.location_ttl > 0, "dispatch.location_ttl: must be positive"),
+        (0 <= s.dispatch.region_resolution <= 15,
+         "dispatch.region_resolution: must be an H3 resolution from 0 to 15"),
         (not s.admin.tile_url or (TILE_URL.fullmatch(s.admin.tile_url) is not None and all(
             part in s.admin.tile_url for part in TILE_PLACEHOLDERS)),
          "admin.tile_url: must be an http(s):// URL with {z}, {x} and {y}, "

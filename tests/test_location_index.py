@@ -1,5 +1,5 @@
-"""The location index contract on both implementations, and what only Redis adds: several
-processes sharing one index."""
+"""The location index contract on every implementation (in process, one Redis, a Redis
+Cluster), and what only Redis adds: several processes sharing one index."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio import RedisCluster as AsyncRedisCluster
 
+from taxi_tornado.dispatch.cluster_geo import ClusterLocationIndex
 from taxi_tornado.dispatch.h3_index import H3LocationIndex
 from taxi_tornado.dispatch.locations import LocationIndex
 from taxi_tornado.dispatch.redis_geo import NODE_TIMEOUT_MS, RedisLocationIndex
+from taxi_tornado.hub import HubKeys, redis_client
 from tests.location_contract import (
     CENTER,
     IndexFactory,
@@ -21,6 +24,7 @@ from tests.location_contract import (
     nearest_ids,
     offset,
 )
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import SHARED_REDIS
 
 
@@ -54,6 +58,39 @@ class TestRedisLocationIndex(LocationContract):
     def index_factory(self, redis: Redis, prefix: str) -> IndexFactory:
         async def make(ttl: float) -> LocationIndex:
             return RedisLocationIndex(redis, prefix, uuid.uuid4().hex, ttl)
+
+        return make
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: RedisCluster) -> AsyncIterator[AsyncRedisCluster]:
+    client = redis_client(redis_cluster.url)
+    assert isinstance(client, AsyncRedisCluster)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def cluster_prefix(cluster_client: AsyncRedisCluster) -> AsyncIterator[str]:
+    name = f"geo-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    keys = [key async for key in cluster_client.scan_iter(f"*{name}*")]
+    for key in keys:
+        await cluster_client.delete(key)
+
+
+class TestClusterLocationIndex(LocationContract):
+    """On a Redis Cluster, at the default resolution (a search asks 1 to 3 regions) and
+    at a fine one (cells of about 5 km²: searches merge dozens of regions)."""
+
+    @pytest.fixture(params=[4, 7])
+    def index_factory(self, request: pytest.FixtureRequest,
+                      cluster_client: AsyncRedisCluster, cluster_prefix: str) -> IndexFactory:
+        keys = HubKeys(cluster_prefix, tagged=True)
+
+        async def make(ttl: float) -> LocationIndex:
+            return ClusterLocationIndex(cluster_client, keys, uuid.uuid4().hex, ttl,
+                                        request.param)
 
         return make
 

@@ -1,9 +1,10 @@
-"""The offer book's contract on both implementations (in process and Redis): the atomic
-steps that keep processes sharing a dispatch from disagreeing."""
+"""The offer book's contract on every implementation (in process, one Redis, a Redis
+Cluster): the atomic steps that keep processes sharing a dispatch from disagreeing."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,23 +12,44 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from taxi_tornado.dispatch.cluster_offers import ClusterOfferBook
 from taxi_tornado.dispatch.offers import Dispatching, MemoryOfferBook, OfferBook
 from taxi_tornado.dispatch.redis_offers import RedisOfferBook
+from taxi_tornado.hub import HubKeys, redis_client
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import SHARED_REDIS
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def book(request: pytest.FixtureRequest) -> AsyncIterator[OfferBook]:
     if request.param == "memory":
         yield MemoryOfferBook()
         return
-    client = Redis.from_url(SHARED_REDIS)
     prefix = f"offers-test-{uuid.uuid4().hex[:10]}"
+    if request.param == "cluster":
+        async with cluster_book(request, prefix) as book:
+            yield book
+        return
+    client = Redis.from_url(SHARED_REDIS)
     yield RedisOfferBook(client, prefix)
     keys = [key async for key in client.scan_iter(f"{prefix}:*")]
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def cluster_book(request: pytest.FixtureRequest,
+                       prefix: str) -> AsyncIterator[ClusterOfferBook]:
+    """An offer book on the session's Redis Cluster, its keys deleted afterwards."""
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    client = redis_client(cluster.url)
+    try:
+        yield ClusterOfferBook(client, HubKeys(prefix, tagged=True))
+    finally:
+        for key in [key async for key in client.scan_iter(f"*{prefix}*")]:
+            await client.delete(key)
+        await client.aclose()
 
 
 def later(seconds: float = 30) -> float:
@@ -130,3 +152,32 @@ async def test_finished_dispatch_cannot_be_leased(book: OfferBook) -> None:
     await book.finish("trip")
     assert not await book.lease("trip", "a", 5)
     assert await book.unleased() == []
+
+
+async def test_a_cluster_books_held_index_never_shows_an_offer_that_ended(
+        request: pytest.FixtureRequest) -> None:
+    """In a cluster the per-driver index follows the trip's script in a second step: an
+    entry left behind (its process died in between) is not an offer held."""
+    prefix = f"offers-test-{uuid.uuid4().hex[:10]}"
+    async with cluster_book(request, prefix) as book:
+        await opened(book, "t1")
+        await opened(book, "t2")
+        ends = later()
+        await book.begin_round("t1", 0, 2000, {"d1": ends}, ends)
+        await book.begin_round("t2", 0, 2000, {"d1": ends}, ends)
+        assert await book.held_by("d1") == {"t1", "t2"}
+        await book.redis.hdel(book.keys.dispatch_trip("offers", "t1"), "d1")  # as if ended
+        assert await book.held_by("d1") == {"t2"} and not await book.holds("t1", "d1")
+
+
+async def test_a_cluster_books_finished_trip_left_in_active_is_dropped_after_its_deadline(
+        request: pytest.FixtureRequest) -> None:
+    prefix = f"offers-test-{uuid.uuid4().hex[:10]}"
+    async with cluster_book(request, prefix) as book:
+        await opened(book, "live")
+        active = book.keys.dispatch_shared("active")
+        await book.redis.zadd(active, {"died-mid-finish": 1, "opening": later() * 1000})
+        await book.redis.delete(book.keys.dispatch_trip("lease", "live"))
+        assert await book.unleased() == ["live"]
+        assert {member.decode() for member in await book.redis.zrange(active, 0, -1)} == {
+            "live", "opening"}

@@ -5,7 +5,9 @@ a trip is not available), once a second per driver: asking the store each time c
 than the rest of the frame. So the store is asked once per driver and the answer is kept
 until a trip of theirs changes: the trips plugin says so on the process where it
 happened, and with a Redis hub a notice on `<hub.prefix>:dispatch:driving` tells every
-other process. After a lost Redis link every answer is dropped (notices may have been
+other process (in a Redis Cluster a shard channel, SPUBLISHed to the one master that
+owns it and heard there through the hub's subscriber link, found again after a
+failover). After a lost Redis link every answer is dropped (notices may have been
 missed meanwhile).
 
 What is left is a change nobody announced (the sender's Redis link failing while the
@@ -29,9 +31,11 @@ import time
 from collections.abc import Callable
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import RedisError
 
 from taxi_tornado.background import cancel_and_wait
+from taxi_tornado.hub.redis_link import LINK_ERRORS, SubscriberLink
 from taxi_tornado.store import Store
 
 log = logging.getLogger("taxi_tornado.dispatch")
@@ -59,7 +63,9 @@ class DrivingTrips:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._keep_fresh()))
-        if self.redis is not None:
+        if isinstance(self.redis, RedisCluster):
+            self._tasks.append(asyncio.ensure_future(self._listen_sharded(self.redis)))
+        elif self.redis is not None:
             self._tasks.append(asyncio.ensure_future(self._listen()))
 
     async def stop(self) -> None:
@@ -81,7 +87,10 @@ class DrivingTrips:
         if self.redis is None:
             return
         try:
-            await self.redis.publish(self.channel, driver_id)
+            if isinstance(self.redis, RedisCluster):
+                await self.redis.spublish(self.channel, driver_id)
+            else:
+                await self.redis.publish(self.channel, driver_id)
         except (RedisError, OSError) as error:
             log.warning("dispatch: could not tell other processes that driver %s's trips "
                         "changed (%s); they learn it within %.0fs", driver_id, error, MAX_AGE_S)
@@ -165,3 +174,50 @@ class DrivingTrips:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
+
+    async def _listen_sharded(self, cluster: RedisCluster) -> None:
+        """In a cluster: SSUBSCRIBE on the master that owns the channel, through the
+        hub's subscriber link (which reconnects, and forgets everything each time it
+        comes up); while that link is down, the cluster's map is asked again, and a new
+        owner (a replica that took over) gets a link of its own."""
+        while True:
+            node = await self._owner(cluster, refresh=False)
+            if node is None:
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            link = SubscriberLink(
+                lambda node=node: node.connection_class(**node.connection_kwargs),  # type: ignore[misc]
+                lambda _: self.channel, self._notice, self._relinked,
+                f"the trips notices at {node.name}", node.name, sharded=True)
+            link.start()
+            try:
+                await link.subscribe("driving")
+                while True:
+                    await asyncio.sleep(RECONNECT_S)
+                    if link.up:
+                        continue
+                    owner = await self._owner(cluster, refresh=True)
+                    if owner is not None and owner.name != node.name:
+                        break
+            finally:
+                await link.stop()
+
+    async def _owner(self, cluster: RedisCluster, refresh: bool) -> ClusterNode | None:
+        try:
+            if refresh:
+                await cluster.nodes_manager.initialize()
+            else:
+                await cluster.initialize()
+            return cluster.get_node_from_key(self.channel)
+        except LINK_ERRORS:
+            return None
+        except Exception as error:  # a slot nobody serves now, among others
+            log.warning("dispatch: no master of the cluster serves the trips notices "
+                        "(%s: %s)", type(error).__name__, error)
+            return None
+
+    def _notice(self, channel: bytes, data: bytes) -> None:
+        self._forget(data.decode())
+
+    async def _relinked(self) -> None:
+        self._forget_all()

@@ -44,6 +44,8 @@ NODE_TIMEOUT_MS = 30_000
 PURGE_BATCH = 1000
 FLUSH_DELAY_S = 0.05
 
+Report = tuple[float, float, float | None, int]  # lat, lng, heading, when (ms)
+
 LEAVE = """
 local field = 'n:' .. ARGV[1]
 if ARGV[3] ~= '' then
@@ -201,7 +203,7 @@ class RedisLocationIndex(LocationIndex):
         self._drv = self._prefix + "drv:"
         self._local: dict[str, list[int]] = {}  # driver -> [v1 sockets, v2 sockets] here
         self._presence_lock = asyncio.Lock()
-        self._pending: dict[str, tuple[float, float, float | None, int]] = {}
+        self._pending: dict[str, Report] = {}
         self._flushing: asyncio.Task[None] | None = None
         self._flush_now = asyncio.Event()
         self._failing = False
@@ -214,6 +216,9 @@ class RedisLocationIndex(LocationIndex):
 
     def _node_set(self, node: str) -> str:
         return f"{self._prefix}node:{node}"
+
+    def _drv_key(self, driver_id: str) -> str:
+        return self._drv + driver_id
 
     async def stop(self) -> None:
         await self._written()
@@ -233,7 +238,7 @@ class RedisLocationIndex(LocationIndex):
             if after == before:
                 return
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(self._drv + driver_id, f"n:{self.node}", str(after))
+            pipe.hset(self._drv_key(driver_id), f"n:{self.node}", str(after))
             pipe.sadd(self._connected, driver_id)
             pipe.sadd(self._node_set(self.node), driver_id)
             await pipe.execute()
@@ -252,12 +257,17 @@ class RedisLocationIndex(LocationIndex):
             if after == before:
                 return False
             if after:
-                await self.redis.hset(self._drv + driver_id, f"n:{self.node}", str(after))
+                await self.redis.hset(self._drv_key(driver_id), f"n:{self.node}", str(after))
                 return False
             await self._written()  # a report still on its way must not outlive the driver
-            keys = [self._drv + driver_id, self._node_set(self.node), self._geo, self._seen,
-                    self._headings, self._connected]
-            return bool(await self._leave(keys, [self.node, driver_id, ""]))
+            return await self._gone(driver_id)
+
+    async def _gone(self, driver_id: str) -> bool:
+        """The driver's last socket here closed: leave their presence, and forget them
+        if it was their last anywhere (True)."""
+        keys = [self._drv_key(driver_id), self._node_set(self.node), self._geo, self._seen,
+                self._headings, self._connected]
+        return bool(await self._leave(keys, [self.node, driver_id, ""]))
 
     # Reports
 
@@ -278,7 +288,21 @@ class RedisLocationIndex(LocationIndex):
         finally:
             self._flushing = None
 
-    async def _write(self, batch: dict[str, tuple[float, float, float | None, int]]) -> None:
+    async def _write(self, batch: dict[str, Report]) -> None:
+        try:
+            await self._store(batch)
+        except (RedisError, OSError) as error:
+            if not self._failing:
+                self._failing = True
+                log.warning("dispatch: could not record %d driver positions in Redis (%s); "
+                            "they are dropped until Redis answers", len(batch), error)
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("dispatch: driver positions reach Redis again")
+
+    async def _store(self, batch: dict[str, Report]) -> None:
+        """One pipeline: every position of the batch, its report time and heading."""
         places: list[Any] = []
         seen: dict[str, int] = {}
         headings: dict[str, str] = {}
@@ -290,17 +314,7 @@ class RedisLocationIndex(LocationIndex):
         pipe.execute_command("GEOADD", self._geo, *places)
         pipe.zadd(self._seen, seen)
         pipe.hset(self._headings, mapping=headings)  # type: ignore[arg-type]
-        try:
-            await pipe.execute()
-        except (RedisError, OSError) as error:
-            if not self._failing:
-                self._failing = True
-                log.warning("dispatch: could not record %d driver positions in Redis (%s); "
-                            "they are dropped until Redis answers", len(batch), error)
-            return
-        if self._failing:
-            self._failing = False
-            log.warning("dispatch: driver positions reach Redis again")
+        await pipe.execute()
 
     async def _written(self) -> None:
         """Wait until every report made so far is in Redis (writing them now)."""
@@ -315,7 +329,7 @@ class RedisLocationIndex(LocationIndex):
         pipe.zrem(self._geo, driver_id)
         pipe.zrem(self._seen, driver_id)
         pipe.hdel(self._headings, driver_id)
-        pipe.hdel(self._drv + driver_id, "off", "busy")
+        pipe.hdel(self._drv_key(driver_id), "off", "busy")
         await pipe.execute()
 
     async def set_available(self, driver_id: str, available: bool) -> None:
@@ -326,9 +340,9 @@ class RedisLocationIndex(LocationIndex):
 
     async def _flag(self, driver_id: str, name: str, on: bool) -> None:
         if on:
-            await self.redis.hset(self._drv + driver_id, name, "1")
+            await self.redis.hset(self._drv_key(driver_id), name, "1")
         else:
-            await self.redis.hdel(self._drv + driver_id, name)
+            await self.redis.hdel(self._drv_key(driver_id), name)
 
     # Queries
 
@@ -382,7 +396,7 @@ class RedisLocationIndex(LocationIndex):
                 return
             pipe = self.redis.pipeline(transaction=False)
             for driver_id, counts in self._local.items():
-                pipe.hset(self._drv + driver_id, f"n:{self.node}", str(_highest(counts)))
+                pipe.hset(self._drv_key(driver_id), f"n:{self.node}", str(_highest(counts)))
                 pipe.sadd(self._connected, driver_id)
                 pipe.sadd(self._node_set(self.node), driver_id)
             await pipe.execute()

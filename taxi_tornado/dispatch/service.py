@@ -3,7 +3,9 @@ strategy named by `dispatch.mode`, with the upkeep that keeps them honest.
 
 With the memory hub everything lives in process (H3 index, memory offer book); with a
 Redis hub, in Redis (GEO index, Redis offer book) through a client of our own built
-from hub.url and hub.prefix, so that every process sees every driver and every offer.
+from hub.url and hub.prefix, so that every process sees every driver and every offer;
+in a Redis Cluster, in keys sharded by region, trip and driver (cluster_geo.py,
+cluster_offers.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from redis.exceptions import RedisError
 
 from taxi_tornado import metrics
 from taxi_tornado.background import cancel_and_wait
+from taxi_tornado.dispatch.cluster_geo import ClusterLocationIndex
+from taxi_tornado.dispatch.cluster_offers import ClusterOfferBook
 from taxi_tornado.dispatch.driving import DrivingTrips
 from taxi_tornado.dispatch.h3_index import H3LocationIndex
 from taxi_tornado.dispatch.locations import LocationIndex
@@ -57,13 +61,18 @@ class Dispatch:
             self.locations, offers = H3LocationIndex(ttl), MemoryOfferBook()
             self.trips = DrivingTrips(store)
         else:
-            # One Redis or a Redis Cluster; in a cluster every dispatch key shares one
-            # hash tag (hub/keys.py), so dispatch's scripts run on one shard.
+            # One Redis, or a Redis Cluster: there positions are sharded by region, a
+            # trip's dispatch by trip and presence by driver (hub/keys.py).
             self.redis = redis_client(settings.hub.url, **REDIS_OPTIONS)
-            prefix = hub_keys(settings.hub.url, settings.hub.prefix).dispatch_prefix()
-            self.locations = RedisLocationIndex(self.redis, prefix, self.node, ttl)
-            offers = RedisOfferBook(self.redis, prefix)
-            self.trips = DrivingTrips(store, self.redis, f"{prefix}:dispatch:driving")
+            keys = hub_keys(settings.hub.url, settings.hub.prefix)
+            if keys.tagged:
+                self.locations = ClusterLocationIndex(
+                    self.redis, keys, self.node, ttl, settings.dispatch.region_resolution)
+                offers = ClusterOfferBook(self.redis, keys)
+            else:
+                self.locations = RedisLocationIndex(self.redis, keys.prefix, self.node, ttl)
+                offers = RedisOfferBook(self.redis, keys.prefix)
+            self.trips = DrivingTrips(store, self.redis, keys.dispatch_shared("driving"))
         context = DispatchContext(settings, hub, store, self.locations, offers, self.node,
                                   tuple(trip_listeners))
         self.strategy: DispatchStrategy = factory(context)

@@ -7,8 +7,9 @@ in braces that alone chooses the slot: a group's channel, meta hash, stream and 
 list all carry `{<group>}`, so the history script that numbers, appends and publishes
 touches one slot on one shard, and groups spread over every shard. A user's request
 keys and budget carry `{<user>}`-style tags of their own; the operators' samples share
-one tag (they are read together); dispatch's keys share one tag too, until dispatch is
-sharded by region.
+one tag (they are read together). Dispatch's keys are tagged by what each change
+touches: driver positions by region (a coarse H3 cell), a trip's dispatch by trip, a
+driver's presence by driver; its few shared keys share one tag.
 
 Whatever a tag holds, every name of one group begins alike up to its closing brace, so
 they share a slot even when the group's name holds braces itself.
@@ -68,10 +69,32 @@ class HubKeys:
     def _admin(self) -> str:
         return "{" + f"{self.prefix}:admin" + "}" if self.tagged else f"{self.prefix}:admin"
 
-    # Dispatch (dispatch/redis_geo.py, redis_offers.py, driving.py)
+    # Dispatch (dispatch/redis_geo.py, cluster_geo.py, redis_offers.py, cluster_offers.py,
+    # driving.py). With one Redis the names are those dispatch always had.
 
-    def dispatch_prefix(self) -> str:
-        """The prefix dispatch builds its keys under (`<it>:dispatch:geo`...): in a cluster
-        one tag for all of them, since its scripts read several drivers' and trips' keys
-        together."""
-        return self._tag(self.prefix)
+    def dispatch_shared(self, name: str) -> str:
+        """A key every process reads whole (heartbeats, connected drivers, open dispatches,
+        the regions in use, the driving notices' channel): in a cluster they share one
+        tag, as they are small and touched a few times a second at most."""
+        if self.tagged:
+            return "{" + f"{self.prefix}:dispatch" + "}" + f":{name}"
+        return f"{self.prefix}:dispatch:{name}"
+
+    def dispatch_region(self, name: str, region: str) -> str:
+        """A region's positions (`geo`, `seen`, `headings`): tagged by the region (an H3
+        cell), so a report batch writes each region on its own shard and a search asks
+        the few regions its circle covers."""
+        return f"{self.prefix}:dispatch:{name}:{self._tag(region)}"
+
+    def dispatch_driver(self, name: str, driver_id: str) -> str:
+        """A driver's presence (`drv`) and offers held (`held`), tagged by the driver."""
+        return f"{self.prefix}:dispatch:{name}:{self._tag(driver_id)}"
+
+    def dispatch_trip(self, name: str, trip_id: str) -> str:
+        """A trip's dispatch (`trip`, `offers`, `excluded`, `lease`), tagged by the trip:
+        each change of it is one script on one shard (the shard of the trip's group)."""
+        return f"{self.prefix}:dispatch:{name}:{self._tag(trip_id)}"
+
+    def dispatch_node(self, node: str) -> str:
+        """The drivers connected on one process, tagged by the process."""
+        return f"{self.prefix}:dispatch:node:{self._tag(node)}"
