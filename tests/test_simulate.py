@@ -6,11 +6,16 @@ recover)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from taxi_tornado.simulate import History, Options, check, simulate
 from taxi_tornado.simulate.recorder import Event, PhoneLog, Request, Send
+from tests.conftest import ServerProcess
+from tests.link_proxy import LinkProxy, until
 
 RIDER, DRIVER, OTHER = "rider-1", "driver-1", "driver-2"
 TRIP = "trip-1"
@@ -115,3 +120,47 @@ def test_checker_allows_what_the_protocol_allows() -> None:
     assert report["examples"]["events_missed"]["offset"] == 4
     rider.sends.append(Send(4.1, TRIP))  # had the rider caused it, it would be allowed
     assert check(History([driver, rider], {TRIP: trip("COMPLETED")}))["ok"] is True
+
+
+async def test_a_run_through_cut_links_and_a_killed_process_keeps_every_invariant(
+        tmp_path: Path, processes: Callable[..., ServerProcess]) -> None:
+    """Two processes on the Redis hub behind a proxy that stands for the phones' links:
+    every link is cut once, then the process they reach is killed and the proxy sends
+    them to the other; the phones reconnect and resume, the survivor takes over the
+    dispatch, and the checker still finds nothing broken."""
+    env = {"TAXI_HUB_URL": "redis://127.0.0.1:6379/0",
+           "TAXI_HUB_PREFIX": f"sim-{uuid.uuid4().hex[:12]}",
+           "TAXI_LIMITS_AUTH_RATE": "0", "TAXI_DISPATCH_MODE": "nearest",
+           "TAXI_DISPATCH_OFFER_TIMEOUT": "0.25", "TAXI_DISPATCH_MAX_WAIT": "2",
+           "TAXI_DISPATCH_LOCATION_TTL": "1.2"}
+    first = processes(env=env, name="first")
+    second = processes(env=env, name="second")
+    proxy = LinkProxy(first.port)
+    await proxy.start()
+    drivers, riders = 12, 6
+    options = Options(url=f"http://127.0.0.1:{proxy.port}", drivers=drivers, riders=riders,
+                      duration=14, seed=5, speed=60, wind_down=15, progress_every=0,
+                      server_offer_timeout=0.25, server_max_wait=2.0)
+
+    async def faults() -> None:
+        await until(lambda: sum(link.open.is_set() for link in proxy.links) >= drivers + riders,
+                    "every phone connected", timeout=60)
+        await asyncio.sleep(4)
+        proxy.cut()
+        await asyncio.sleep(4)
+        first.process.kill()
+        proxy.upstream_port = second.port
+        proxy.cut()
+
+    fault = asyncio.ensure_future(faults())
+    try:
+        report = await simulate(options, io.StringIO())
+        await fault
+    finally:
+        fault.cancel()
+        await proxy.stop()
+
+    assert report["invariants"] == {name: 0 for name in report["invariants"]}, report
+    assert report["connections"]["reconnects"] >= 2 * (drivers + riders)
+    assert report["connections"]["resumes"] >= 2 * (drivers + riders)
+    assert report["trips"]["completed"] > 0, report["trips"]
