@@ -7,6 +7,7 @@ events, reloading over HTTP when a resume says the replay could not recover a gr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,14 +36,15 @@ class Rider:
         phone.client.on("trip.updated", self._on_trip)
         phone.client.on("resumed", self._on_resumed)
 
-    async def run(self, requesting: asyncio.Event, stop: asyncio.Event) -> None:
-        """Request trips while `requesting` is set; follow the last one until it ends or
+    async def run(self, winding_down: asyncio.Event, stop: asyncio.Event) -> None:
+        """Request trips until `winding_down`; follow the last one until it ends or
         `stop` is set."""
         gap = self._rng.uniform(0, self._behaviour.request_every_s)
-        while requesting.is_set() and not stop.is_set():
-            await self._clock.sleep(gap)
+        while not winding_down.is_set() and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(winding_down.wait(), self._clock.to_wall(gap))
             gap = self._rng.expovariate(1 / self._behaviour.request_every_s)
-            if not requesting.is_set():
+            if winding_down.is_set():
                 break
             trip_id = await self._request()
             if trip_id is not None:

@@ -129,15 +129,13 @@ class _Run:
 
     async def _workload(self, clock: Clock) -> None:
         options = self.options
-        requesting, winding_down, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        requesting.set()
+        winding_down, stop = asyncio.Event(), asyncio.Event()
         clock.start()
         drivers = [asyncio.ensure_future(d.run(stop, winding_down)) for d in self.drivers]
-        riders = [asyncio.ensure_future(r.run(requesting, stop)) for r in self.riders]
+        riders = [asyncio.ensure_future(r.run(winding_down, stop)) for r in self.riders]
         reporter = asyncio.ensure_future(self._progress(clock))
         try:
             await asyncio.sleep(options.duration)
-            requesting.clear()
             winding_down.set()
             self._say("winding down: no new trips; rides under way end")
             if riders:
