@@ -37,7 +37,7 @@ from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
 from taxi_tornado.hub.cluster_url import ClusterURL, parse_cluster_url
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
 from taxi_tornado.hub.keys import HubKeys
-from taxi_tornado.hub.redis_broker import CONNECTION_OPTIONS, without_password
+from taxi_tornado.hub.redis_broker import CONNECTION_OPTIONS, hand_over, without_password
 from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, END, END_SHA, RedisHistory
 from taxi_tornado.hub.redis_link import (
     CONFIRM_TIMEOUT,
@@ -47,7 +47,7 @@ from taxi_tornado.hub.redis_link import (
     describe_error,
 )
 from taxi_tornado.hub.redis_publisher import PUBLISH_TIMEOUT, Publisher, SendFailed
-from taxi_tornado.hub.wire import POSITIONED_TAG, read_wire, wire_header, wire_message
+from taxi_tornado.hub.wire import POSITIONED_TAG, wire_header, wire_message
 
 log = logging.getLogger("taxi_tornado.hub")
 
@@ -276,22 +276,7 @@ class ClusterBroker(Broker):
 
     def receive(self, channel: bytes, data: bytes) -> None:
         """A message from a shard's link, handed to the hub (as RedisBroker's)."""
-        message = read_wire(data)
-        if message is None:
-            log.warning("hub: ignoring a message on %s that is not in the taxi1/taxi2 "
-                        "format", channel.decode(errors="replace"))
-            return
-        if message.node == self._node:
-            if message.position is None:
-                return  # this process delivered it locally before publishing
-        else:
-            metrics.HUB_RECEIVED.inc()
-        group = self.keys.group_of(channel)
-        try:
-            self.receiver(group, message.payload, message.exclude, message.min_version,
-                          message.position)
-        except Exception:
-            log.exception("hub: delivering a message for group %s failed", group)
+        hand_over(channel, data, self._node, self.keys, self.receiver)
 
     # The map: which shard owns a group, and keeping that true
 

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from taxi_tornado import metrics
-from taxi_tornado.hub.brokers import Broker
+from taxi_tornado.hub.brokers import Broker, Receiver
 from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
 from taxi_tornado.hub.cluster_url import is_cluster_url, parse_cluster_url
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
@@ -244,22 +244,7 @@ class RedisBroker(Broker):
         return connection
 
     def _receive(self, channel: bytes, data: bytes) -> None:
-        message = read_wire(data)
-        if message is None:
-            log.warning("hub: ignoring a message on %s that is not in the taxi1/taxi2 "
-                        "format", channel.decode(errors="replace"))
-            return
-        if message.node == self._node:
-            if message.position is None:
-                return  # this process delivered it locally before publishing
-        else:
-            metrics.HUB_RECEIVED.inc()
-        group = self.keys.group_of(channel)
-        try:
-            self.receiver(group, message.payload, message.exclude, message.min_version,
-                          message.position)
-        except Exception:
-            log.exception("hub: delivering a message for group %s failed", group)
+        hand_over(channel, data, self._node, self.keys, self.receiver)
 
     async def _reset_publisher(self) -> None:
         """Runs as the link comes up: sends are tried again from then on."""
@@ -308,3 +293,25 @@ def without_password(url: str) -> str:
         user, colon, _ = userinfo.partition(":")
         rest = f"{user}:***@{host}" if colon else f"***@{host}"
     return scheme + sep + PASSWORD_QUERY.sub(r"\1***", rest)
+
+
+def hand_over(channel: bytes, data: bytes, node: bytes, keys: HubKeys,
+              receiver: Receiver) -> None:
+    """A message from a subscriber link (one Redis or a cluster's shard), handed to the
+    hub's receiver; one this process published and already delivered is dropped."""
+    message = read_wire(data)
+    if message is None:
+        log.warning("hub: ignoring a message on %s that is not in the taxi1/taxi2 format",
+                    channel.decode(errors="replace"))
+        return
+    if message.node == node:
+        if message.position is None:
+            return  # this process delivered it locally before publishing
+    else:
+        metrics.HUB_RECEIVED.inc()
+    group = keys.group_of(channel)
+    try:
+        receiver(group, message.payload, message.exclude, message.min_version,
+                 message.position)
+    except Exception:
+        log.exception("hub: delivering a message for group %s failed", group)
