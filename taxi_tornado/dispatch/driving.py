@@ -29,12 +29,15 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from taxi_tornado.background import cancel_and_wait
+from taxi_tornado.hub.redis_broker import CONNECTION_OPTIONS
 from taxi_tornado.hub.redis_link import LINK_ERRORS, SubscriberLink
 from taxi_tornado.store import Store
 
@@ -186,9 +189,8 @@ class DrivingTrips:
                 await asyncio.sleep(RECONNECT_S)
                 continue
             link = SubscriberLink(
-                lambda node=node: node.connection_class(**node.connection_kwargs),  # type: ignore[misc]
-                lambda _: self.channel, self._notice, self._relinked,
-                f"the trips notices at {node.name}", node.name, sharded=True)
+                partial(_link_connection, node), lambda _: self.channel, self._notice,
+                self._relinked, f"the trips notices at {node.name}", node.name, sharded=True)
             link.start()
             try:
                 await link.subscribe("driving")
@@ -221,3 +223,13 @@ class DrivingTrips:
 
     async def _relinked(self) -> None:
         self._forget_all()
+
+
+def _link_connection(node: ClusterNode) -> AbstractConnection:
+    """A connection to `node` as the hub's links make them (RESP2, no timeout on reads),
+    with the cluster client's credentials and TLS, without its maintenance push
+    notifications (RESP3 only)."""
+    options = {key: value for key, value in node.connection_kwargs.items()
+               if "maint_notifications" not in key}
+    connection: AbstractConnection = node.connection_class(**{**options, **CONNECTION_OPTIONS})
+    return connection

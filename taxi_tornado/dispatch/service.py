@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from taxi_tornado import metrics
 from taxi_tornado.background import cancel_and_wait
@@ -79,6 +79,13 @@ class Dispatch:
         self._upkeep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if isinstance(self.redis, RedisCluster):
+            # The cluster's map before the first command: commands sent at once to a
+            # client that has none can meet a MOVED meanwhile.
+            try:
+                await self.redis.initialize()
+            except (RedisError, RedisClusterException, OSError) as error:
+                log.warning("dispatch: cannot reach the Redis Cluster yet (%s)", error)
         await self.trips.start()
         await self.locations.start()
         await self.strategy.start()
