@@ -2,6 +2,7 @@ import { backoff } from "./backoff.js";
 import { TaxiError } from "./error.js";
 import { Positions, type Frame } from "./positions.js";
 import { KEYED_TYPES, type Events, type Replies, type Requests } from "./protocol.js";
+import { redact, tokenProblem } from "./redact.js";
 import { tokenExpiry } from "./token.js";
 
 /** Where the client is: it moves between the first three by itself until `close()`. */
@@ -50,7 +51,11 @@ export interface ClientEvents {
   resumed: Resumed;
   /** A socket closed (not by `close()`); 1008 and 1009 mean the app sent what it must not. */
   disconnect: { code: number; reason: string };
-  /** Something failed without a request to reject: `getToken()`, a refresh, an error frame. */
+  /**
+   * Something failed without a request to reject: `getToken()` (`token_unavailable`, or
+   * `bad_token` for a token that is not a JWT), a refresh, an error frame. No detail or
+   * reason the client gives holds a token: anything shaped like one reads `<redacted>`.
+   */
   error: { code: string; detail: string; errors?: Record<string, string[]> };
 }
 
@@ -117,7 +122,10 @@ export class TaxiClient {
 
   /**
    * Resolves once a socket is open. Called while the client waits to reconnect, it
-   * dials at once: call it when the device's network comes back.
+   * dials at once: call it when the device's network comes back. Rejects with
+   * TaxiError `bad_token` when getToken() gives a token that cannot work (not a JWT
+   * once the whitespace around it is trimmed); before any socket opened, the client
+   * then stops dialling until connect() is called again.
    */
   connect(): Promise<void> {
     if (this.current === "closed") return Promise.reject(closedError());
@@ -212,9 +220,11 @@ export class TaxiClient {
     this.setState("connecting");
     let token: string;
     try {
-      token = await this.options.getToken();
+      token = await this.fetchToken();
     } catch (error) {
-      this.emit("error", { code: "token_unavailable", detail: String(error) });
+      if (this.current !== "connecting") return; // closed meanwhile
+      if (error instanceof TaxiError) return this.refuseToken(error);
+      this.emitError("token_unavailable", String(error));
       return this.retry(0);
     }
     if (this.current !== "connecting") return; // closed meanwhile
@@ -223,7 +233,8 @@ export class TaxiClient {
       // The token travels as a subprotocol, never in the URL (access logs keep URLs).
       socket = new this.WS(this.options.url, ["taxi.v2", `bearer.${token}`]);
     } catch (error) {
-      this.emit("error", { code: "connect_failed", detail: String(error) });
+      // A browser's SyntaxError names the subprotocols: redacted like every detail.
+      this.emitError("connect_failed", String(error));
       return this.retry(0);
     }
     this.socket = socket;
@@ -234,6 +245,25 @@ export class TaxiClient {
     };
     socket.onclose = (event) => this.onClose(socket, event.code, String(event.reason || ""));
     socket.onerror = () => {}; // a close follows
+  }
+
+  /** The token from getToken(), trimmed; TaxiError `bad_token` when it cannot work. */
+  private async fetchToken(): Promise<string> {
+    const token = String(await this.options.getToken()).trim();
+    const problem = tokenProblem(token);
+    if (problem) throw new TaxiError("bad_token", problem);
+    return token;
+  }
+
+  /**
+   * A token that cannot work: connect() rejects; the client goes on trying (getToken()
+   * may mend) only when it has a session to keep, else it waits for the next connect().
+   */
+  private refuseToken(error: TaxiError): void {
+    this.emitError(error.code, error.detail);
+    for (const [, reject] of this.waiters.splice(0)) reject(error);
+    if (this.opened) return this.retry(0);
+    this.setState("disconnected");
   }
 
   private onOpen(socket: WebSocketLike): void {
@@ -306,7 +336,7 @@ export class TaxiClient {
         this.settle(id, new TaxiError("disconnected", "the link dropped before the reply; the request may or may not have been handled"));
       }
     }
-    this.emit("disconnect", { code, reason });
+    this.emit("disconnect", { code, reason: redact(reason) });
     if (this.current !== "closed") this.retry(code);
   }
 
@@ -340,21 +370,26 @@ export class TaxiClient {
     clearTimeout(this.refreshTimer);
     let token: string;
     try {
-      token = await this.options.getToken();
+      token = await this.fetchToken();
     } catch (error) {
       this.refreshing = false;
-      this.emit("error", { code: "token_unavailable", detail: String(error) });
+      if (error instanceof TaxiError) this.emitError(error.code, error.detail);
+      else this.emitError("token_unavailable", String(error));
       return this.scheduleRefresh(5_000);
     }
     if (socket !== this.live) return;
     const done = (error?: TaxiError) => {
       if (socket !== this.live) return;
       this.refreshing = false;
-      if (error) this.emit("error", { code: error.code, detail: error.detail });
+      if (error) this.emitError(error.code, error.detail);
       else this.token = token;
       this.scheduleRefresh(error ? 5_000 : 1_000);
     };
     this.call("auth.refresh", { token }, this.options.requestTimeout ?? 10_000, () => done(), done);
+  }
+
+  private emitError(code: string, detail: string): void {
+    this.emit("error", { code, detail: redact(detail) });
   }
 
   private setState(state: ClientState): void {

@@ -86,3 +86,36 @@ test("in Chromium the package connects, requests and receives an event", { timeo
     await browser.close();
   }
 });
+
+test("in Chromium a token with stray characters never reaches the WebSocket constructor, which would name it", { timeout: 30_000 }, async () => {
+  const { chromium } = await import("playwright-core");
+  const rider = await makeUser(server, "rider");
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${origin}/`);
+    const seen = await page.evaluate(async ({ url, token }) => {
+      const { TaxiClient } = await import("/dist/index.js");
+      let raw = "";
+      try {
+        new WebSocket(url, ["taxi.v2", `bearer.${token}`]);
+      } catch (error) {
+        raw = String(error);
+      }
+      const client = new TaxiClient({ url, getToken: () => token, reconnect: { minDelay: 50, maxDelay: 200 } });
+      const errors = [];
+      client.on("error", (data) => errors.push(data));
+      const refused = await client.connect().then(() => null, (error) => ({ code: error.code, detail: error.detail, text: String(error) }));
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      return { raw, refused, errors, state: client.state };
+    }, { url: server.url, token: `"${rider.access}"\n` });
+    assert.ok(seen.raw.includes(rider.access), "the browser's own error names the token");
+    assert.equal(seen.refused.code, "bad_token");
+    const said = JSON.stringify([seen.refused, seen.errors]);
+    assert.ok(!said.includes(rider.access) && !said.includes(rider.access.split(".")[2]));
+    assert.deepEqual(seen.errors.map((error) => error.code), ["bad_token"]);
+    assert.equal(seen.state, "disconnected");
+  } finally {
+    await browser.close();
+  }
+});
