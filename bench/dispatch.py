@@ -1,7 +1,7 @@
 """Dispatch benches (run by hand): location ingest, and offer latency.
 
-    python -m bench.dispatch ingest -n 1000,2000,5000 [-d 10] [--target both] [--redis]
-    python -m bench.dispatch offer  -n 1000 [-k 200] [--redis]
+    python -m bench.dispatch ingest -n 1000,2000,5000 [-d 10] [--target both] [--redis | --cluster]
+    python -m bench.dispatch offer  -n 1000 [-k 200] [--redis | --cluster] [--cities 12]
 
 `ingest`: N drivers each send `driver.location` once a second (spread over the second,
 from positions spread over a city, moving), a tenth of them on STARTED trips with a
@@ -19,8 +19,13 @@ the time from the request's send to the first `trip.offer` any driver socket rec
 
 `--redis` starts a private redis-server (no persistence) and points the server's hub at
 it; add `--server-env TAXI_SERVER_PROCESSES=2` for two processes sharing it (server CPU
-then counts every worker). Everything else is bench/loadgen.py's machinery: fresh data,
-users and tokens (bench/target.py), client worker processes, one JSON line per run.
+then counts every worker). `--cluster` starts a private Redis Cluster instead (three
+masters, three replicas: tests/redis_cluster.py). `--cities N` spreads drivers and
+pick-ups over N cities (each its own dispatch region, so a cluster shares them out).
+With either, each line gets `redis`: per Redis (each master) the commands it ran in the
+run, its share of them, and its CPU seconds. Everything else is bench/loadgen.py's
+machinery: fresh data, users and tokens (bench/target.py), client worker processes, one
+JSON line per run.
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ from bench.target import Population, Target, free_port, issue_tokens, prepare, r
 from bench.wsclient import WsClient
 
 CENTER = (52.52, 13.405)
+# With --cities N, drivers and pick-ups spread over the first N: each its own dispatch
+# region (an H3 cell of resolution 4), so a cluster spreads them over its masters.
+CITIES = [CENTER, (48.857, 2.352), (40.417, -3.704), (41.903, 12.496), (48.208, 16.373),
+          (52.230, 21.012), (59.914, 10.752), (38.722, -9.139), (37.984, 23.728),
+          (53.350, -6.260), (50.076, 14.438), (60.170, 24.938)]
 CITY_M = 8000  # drivers are spread over a square of twice this side
 METRES_PER_DEGREE = 111_320
 LOCATION_FRAMES = re.compile(rb'^taxi_frames_in_total\{type="driver.location"\} ([0-9.e+]+)$',
@@ -58,7 +68,11 @@ RELAY_P99_LIMIT_MS = 50
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     raise_fd_limit()
-    redis = PrivateRedis() if args.redis else None
+    redis: PrivateRedis | PrivateCluster | None = None
+    if args.cluster:
+        redis = PrivateCluster()
+    elif args.redis:
+        redis = PrivateRedis()
     try:
         if redis is not None:
             args.server_env += [f"TAXI_HUB_URL={redis.url}", "TAXI_HUB_PREFIX=bench"]
@@ -75,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in kinds:
                     if redis is not None:
                         redis.flush()
+                    before = redis.sample() if redis is not None else {}
                     line = run_once(scenario, kind, population, args)
+                    if redis is not None:
+                        line["redis"] = redis_load(before, redis.sample())
                     print(json.dumps(line), flush=True)
                     note(f"{args.scenario} n={step} {kind}: {scenario.headline(line['result'])}")
         finally:
@@ -96,6 +113,10 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("-k", type=int, default=200, help="offer: trip requests")
     top.add_argument("--target", choices=("taxi", "baseline", "both"), default="taxi")
     top.add_argument("--redis", action="store_true", help="hub on a private redis-server")
+    top.add_argument("--cluster", action="store_true",
+                     help="hub on a private Redis Cluster (3 masters, 3 replicas)")
+    top.add_argument("--cities", type=int, default=1, choices=range(1, len(CITIES) + 1),
+                     metavar="N", help=f"drivers spread over N cities (1-{len(CITIES)})")
     top.add_argument("--procs", type=int, default=1, help="client worker processes")
     top.add_argument("--no-uvloop", action="store_true")
     top.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE")
@@ -111,10 +132,12 @@ OFFER_ENV = ["TAXI_DISPATCH_MODE=nearest", "TAXI_DISPATCH_OFFER_TIMEOUT=600",
              "TAXI_LOG_LEVEL=warning"]
 
 
-def city_point(rng: random.Random, half_side_m: float = CITY_M) -> tuple[float, float]:
+def city_point(rng: random.Random, half_side_m: float = CITY_M,
+               cities: int = 1) -> tuple[float, float]:
+    center = CITIES[rng.randrange(cities)] if cities > 1 else CENTER
     north, east = rng.uniform(-half_side_m, half_side_m), rng.uniform(-half_side_m, half_side_m)
-    lat = CENTER[0] + north / METRES_PER_DEGREE
-    return lat, CENTER[1] + east / (METRES_PER_DEGREE * math.cos(math.radians(CENTER[0])))
+    lat = center[0] + north / METRES_PER_DEGREE
+    return lat, center[1] + east / (METRES_PER_DEGREE * math.cos(math.radians(center[0])))
 
 
 def location_frames_in(port: int) -> int:
@@ -192,7 +215,8 @@ class IngestWorker(Worker):
         self.clients = [*riders, *drivers]
         self.drivers = [driver for driver in drivers if driver is not None]
         for number, driver in enumerate(self.drivers):
-            driver.tag = {"at": list(city_point(self.rng)), "sent": {},
+            driver.tag = {"at": list(city_point(self.rng, cities=self.options["cities"])),
+                          "sent": {},
                           "paired": number < len(riders) and riders[number] is not None}
         for driver, rider in zip(drivers, riders, strict=False):
             if driver is not None and rider is not None:
@@ -292,7 +316,7 @@ class OfferWorker(Worker):
                                              self.options["p"], "taxi.v2")
         self.clients = [driver for driver in drivers if driver is not None]
         for driver in self.clients:
-            lat, lng = city_point(rng)
+            lat, lng = city_point(rng, cities=self.options["cities"])
             driver.send(b'{"type":"driver.location","data":{"lat":%.6f,"lng":%.6f}}'
                         % (lat, lng))
         self.rider: WsClient | None = None
@@ -322,7 +346,7 @@ class OfferWorker(Worker):
         if self.rider is not None:
             rng = random.Random(7)
             for _ in range(self.options["k"]):
-                lat, lng = city_point(rng, CITY_M / 2)
+                lat, lng = city_point(rng, CITY_M / 2, self.options["cities"])
                 self.reply = asyncio.get_running_loop().create_future()
                 sent = time.monotonic_ns()
                 self.rider.send(b'{"type":"trip.request","data":{"pick_up_address":"bench",'
@@ -394,10 +418,59 @@ class PrivateRedis:
         subprocess.run(["redis-cli", "-p", str(self.port), "flushall"], capture_output=True,
                        check=True)
 
+    def sample(self) -> dict[str, tuple[int, float]]:
+        return {f"127.0.0.1:{self.port}": _calls_and_cpu(self.port)}
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PrivateCluster:
+    """A Redis Cluster of the bench's own (tests/redis_cluster.py's: three masters with a
+    replica each, no persistence), for --cluster."""
+
+    def __init__(self) -> None:
+        from tests.redis_cluster import RedisCluster
+
+        self.directory = Path(tempfile.mkdtemp(prefix="taxi-bench-cluster-"))
+        self.cluster = RedisCluster(self.directory)
+        self.cluster.start()
+        self.url = self.cluster.url
+
+    def flush(self) -> None:
+        for master in self.cluster.masters():
+            master.cli("FLUSHALL")
+
+    def sample(self) -> dict[str, tuple[int, float]]:
+        return {master.address: _calls_and_cpu(master.port)
+                for master in self.cluster.masters()}
+
+    def stop(self) -> None:
+        self.cluster.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _calls_and_cpu(port: int) -> tuple[int, float]:
+    """Commands a Redis ran so far (INFO commandstats) and its CPU seconds (INFO cpu)."""
+    info = subprocess.run(["redis-cli", "-p", str(port), "INFO", "all"], capture_output=True,
+                          text=True, check=True).stdout
+    calls = sum(int(match) for match in re.findall(r"^cmdstat_[^:]+:calls=(\d+)", info, re.M))
+    cpu = sum(float(value) for value in re.findall(r"^used_cpu_(?:sys|user):([0-9.]+)",
+                                                   info, re.M))
+    return calls, cpu
+
+
+def redis_load(before: dict[str, tuple[int, float]],
+               after: dict[str, tuple[int, float]]) -> dict[str, Any]:
+    """Per Redis (each master of a cluster): commands run and CPU seconds in the run,
+    and its share of all commands."""
+    calls = {node: after[node][0] - before.get(node, (0, 0.0))[0] for node in after}
+    total = sum(calls.values()) or 1
+    return {node: {"calls": calls[node], "share": round(calls[node] / total, 3),
+                   "cpu_s": round(after[node][1] - before.get(node, (0, 0.0))[1], 2)}
+            for node in after}
 
 
 if __name__ == "__main__":
