@@ -1,7 +1,8 @@
 """A TCP proxy between clients and a server that the test controls, to stand for a
 phone's link: it can drop every link without a close frame (a tunnel), refuse new ones
-until the network is back, swallow one direction's bytes (a reply lost on the way), and
-hold what a client sends after its handshake (so that a live event overtakes a resume).
+until the network is back, swallow one direction's bytes (a reply lost on the way),
+hold what a client sends after its handshake (so that a live event overtakes a resume),
+and stop reading what the server sends (a reader too slow for the server's queue).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class LinkProxy:
         self._hold = False
         self._held = asyncio.Event()
         self._held.set()
+        self._flowing = asyncio.Event()  # cleared: nothing is read from the server
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -93,6 +96,14 @@ class LinkProxy:
     def release(self) -> None:
         self._hold = False
         self._held.set()
+
+    def stall(self) -> None:
+        """Stop reading what the server sends (a phone that reads too slowly): its
+        socket buffers fill, then its own outbound queue, until `flow()`."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
 
     @property
     def last(self) -> Link:
@@ -142,7 +153,7 @@ class LinkProxy:
 
     async def _pump_down(self, reader: asyncio.StreamReader, link: Link) -> None:
         with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
+            while (await self._flowing.wait()) and (data := await reader.read(65536)):
                 if "down" in self._blackhole:
                     continue
                 link.down += data

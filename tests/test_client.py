@@ -417,6 +417,49 @@ async def test_after_a_4001_it_reconnects_with_a_new_token(
     await rider.close()
 
 
+# --- the server's closes ---------------------------------------------------------------
+
+async def test_after_a_1013_it_resumes_at_once_and_after_a_1008_it_waits_half_the_longest(
+    tmp_path: Path, start: Start
+) -> None:
+    """1013 (read too slowly: a proxy that stops reading fills the server's queue) backs
+    off as usual and resumes; 1008 (a flood of frames) waits at least half of max_delay."""
+    server = await start(make_settings(tmp_path, limits={
+        "outbound_queue": 4, "outbound_bytes": 64 * 1024, "rate": 5, "burst": 5}))
+    proxy = LinkProxy(server.port)
+    await proxy.start()
+    user, _ = await server.user("rider")
+    rider = TaxiClient(proxy.url, token_source(server, user), reconnect=(0.05, 1.0))
+    seen = Recorder(rider)
+    stamps: list[tuple[str, float]] = []
+    rider.on("state", lambda state: stamps.append((state, time.monotonic())))
+    await rider.connect()
+    trip = await rider.request("trip.request", TRIP)
+
+    proxy.stall()
+    sockets = server.server.services.sockets
+    for _ in range(5000):  # 50 MB at most: the kernel's buffers fill first
+        await server.hub.send(trip["id"], {"type": "test.flood", "data": "x" * 10_000})
+        if any(getattr(socket, "close_sent", None) == 1013 for socket in sockets):
+            break
+    proxy.flow()
+    await until(lambda: seen.resumed, "the resume after the 1013", timeout=20)
+    assert seen.disconnects == [1013] and trip["id"] in seen.resumed[0]["groups"]
+    assert len(proxy.links) == 2 and rider.state == "connected"
+
+    stamps.clear()
+    flood = [rider.request("echo.message", n, timeout=5) for n in range(20)]
+    await asyncio.gather(*flood, return_exceptions=True)
+    await until(lambda: len(seen.disconnects) == 2 and rider.state == "connected",
+                "the reconnect after the 1008")
+    assert seen.disconnects[1] == 1008
+    went = next(at for state, at in stamps if state == "disconnected")
+    dialled = next(at for state, at in stamps if state == "connecting" and at >= went)
+    assert dialled - went >= 1.0 / 2 - 0.01  # the floor: half of max_delay (1.0)
+    await rider.close()
+    await proxy.stop()
+
+
 # --- the small parts -------------------------------------------------------------------
 
 def test_backoff_draws_below_a_ceiling_that_doubles_up_to_the_largest() -> None:
