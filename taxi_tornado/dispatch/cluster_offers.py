@@ -4,15 +4,18 @@ every change of a dispatch is one script on one shard (the shard of the trip's g
 Keys (names from hub/keys.py): per trip `trip`, `offers`, `excluded` and `lease`, as with
 one Redis; per driver `held` (trip -> expiry); shared `active`. With one Redis the round,
 decline and finish scripts also keep `held` and `active`; here those live on other
-shards, so the script changes the trip alone and the indexes follow in one pipeline
-right after. They are indexes only: `holds` reads the trip's own offers, `held_by`
-checks each trip `held` names against its offers (a process that died between the two
-steps leaves an entry behind, never a live offer without one), and an `active` entry
-whose trip is gone is dropped once its deadline passed.
+shards, so the script changes the trip alone and the indexes follow in one pipeline (a
+round's new holders at the same time as its script, so the first offer waits for one
+round trip, as with one Redis). They are indexes only: `holds` reads the trip's own
+offers, `held_by` checks each trip `held` names against its offers (an entry of a round
+that ended, or never began, is not an offer held; expired ones are pruned), and an
+`active` entry whose trip is gone (its process died mid-finish) is dropped once its
+deadline passed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -87,24 +90,26 @@ class ClusterOfferBook(RedisOfferBook):
 
     async def begin_round(self, trip_id: str, expected_round: int, radius_m: float,
                           offers: Mapping[str, float], round_ends: float) -> list[str] | None:
+        """The round's script and the new holders' index entries at once (one round trip,
+        as with one Redis: the first offer waits for it). An entry whose round did not
+        begin, or ended, is never an offer held (held_by checks), and is pruned once
+        expired."""
         pairs: list[Any] = []
         for driver_id, expires in offers.items():
             pairs += (driver_id, _ms(expires))
-        ended = await self._begin_round(
-            self._keys(trip_id), [expected_round, repr(radius_m), _ms(round_ends), *pairs])
-        if ended is None:
-            return None
-        holders = [_text(driver_id) for driver_id in ended]
         pipe = self.redis.pipeline(transaction=False)
         now = _ms(time.time())
         for driver_id, expires in offers.items():
             held = self._held_key(driver_id)
             pipe.zremrangebyscore(held, "-inf", now)  # what earlier rounds left behind
             pipe.zadd(held, {trip_id: _ms(expires)})
-        for driver_id in holders:
-            pipe.zrem(self._held_key(driver_id), trip_id)
-        await self._follow(pipe, trip_id)
-        return holders
+        ended, _ = await asyncio.gather(
+            self._begin_round(self._keys(trip_id),
+                              [expected_round, repr(radius_m), _ms(round_ends), *pairs]),
+            self._follow(pipe, trip_id))
+        if ended is None:
+            return None
+        return [_text(driver_id) for driver_id in ended]
 
     async def decline(self, trip_id: str, driver_id: str) -> int | None:
         left = int(await self._decline(self._keys(trip_id), [driver_id, _ms(time.time())]))
