@@ -41,6 +41,7 @@ class WsClient(asyncio.Protocol):
         self.buffer = b""
         self.mask = os.urandom(4)
         self.tag: object = None  # free for the scenario
+        self.close_code: int | None = None  # the code of the server's close frame
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -90,6 +91,7 @@ class WsClient(asyncio.Protocol):
             elif opcode == 0x9:
                 self._write(0x8A, payload)
             elif opcode == 0x8:
+                self.close_code = int.from_bytes(payload[:2], "big") if length >= 2 else 1005
                 self._write(0x88, payload[:2])
                 if self.transport is not None:
                     self.transport.close()
