@@ -32,7 +32,6 @@ from redis.asyncio import Redis, RedisCluster
 
 from taxi_tornado.dispatch.locations import Census, LocatedDriver, NearbyDriver
 from taxi_tornado.dispatch.redis_geo import (
-    NODE_TIMEOUT_MS,
     PURGE,
     PURGE_BATCH,
     RedisLocationIndex,
@@ -347,22 +346,12 @@ class ClusterLocationIndex(RedisLocationIndex):
                               float(row[3]) if row[3] else None, _shown_state(fields))
                 for row, fields in zip(rows, presence, strict=True)]
 
-    async def maintain(self) -> None:
-        """Heartbeat, forget the drivers of dead processes, drop expired positions."""
-        now = _now_ms()
-        if await self.redis.zadd(self._nodes, {self.node: now}):
-            await self._announce()  # new, or taken for dead while we were away
-        for dead in await self.redis.zrangebyscore(self._nodes, "-inf", now - NODE_TIMEOUT_MS):
-            node = _text(dead)
-            if node != self.node:
-                log.warning("dispatch: process %s stopped answering; forgetting its drivers",
-                            node)
-                await self._reap_node(node)
-        cutoff = now - int(self.ttl * 1000)
+    async def _drop_positions_before(self, cutoff_ms: int) -> None:
+        """Each region's expired positions, the regions at once."""
         regions = await self._regions_in_use()
         await asyncio.gather(*(self._purge_region(
             [self.keys.dispatch_region(name, region) for name in ("seen", "geo", "headings")],
-            [cutoff, PURGE_BATCH]) for region in regions))
+            [cutoff_ms, PURGE_BATCH]) for region in regions))
 
     async def _reap_node(self, node: str) -> None:
         """Leave every driver of a dead process (one script per driver, in one pipeline),

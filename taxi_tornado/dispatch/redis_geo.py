@@ -384,11 +384,16 @@ class RedisLocationIndex(LocationIndex):
             if node != self.node:
                 log.warning("dispatch: process %s stopped answering; forgetting its drivers",
                             node)
-                await self._reap([self._node_set(node), self._geo, self._seen,
-                                  self._headings, self._connected, self._nodes],
-                                 [node, self._drv])
-        cutoff = now - int(self.ttl * 1000)
-        await self._purge([self._seen, self._geo, self._headings], [cutoff, PURGE_BATCH])
+                await self._reap_node(node)
+        await self._drop_positions_before(now - int(self.ttl * 1000))
+
+    async def _reap_node(self, node: str) -> None:
+        """Forget the drivers whose sockets a dead process held."""
+        await self._reap([self._node_set(node), self._geo, self._seen, self._headings,
+                          self._connected, self._nodes], [node, self._drv])
+
+    async def _drop_positions_before(self, cutoff_ms: int) -> None:
+        await self._purge([self._seen, self._geo, self._headings], [cutoff_ms, PURGE_BATCH])
 
     async def _announce(self) -> None:
         async with self._presence_lock:
