@@ -49,4 +49,5 @@ python -m mypy
 # The TypeScript client: exact versions from its lock file (npm ci), then its build, type
 # check and tests against a real server run with this environment's Python.
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && TAXI_PYTHON=python npm test)
-python -m pytest -q -p no:cacheprovider "$@"
+# The slowest tests are named at the end, to keep the suite well under ten minutes.
+python -m pytest -q -p no:cacheprovider --durations=15 "$@"
