@@ -1,9 +1,9 @@
 """A rolling restart, measured: one of two processes on the Redis hub drains, its clients
 resume on the other.
 
-    python -m bench.rolling_restart [-n 5000] [--rate 5] [--jitter 1.0] [--timeout 60]
-                                    [--before 3] [--after 2] [-p 100] [--py-spy FILE]
-                                    [--server-env KEY=VALUE]
+    python -m bench.rolling_restart [-n 5000] [--rate 1] [--jitter 1.0] [--open-timeout 10]
+                                    [--timeout 60] [--before 3] [--after 2] [-p 100]
+                                    [--py-spy FILE] [--server-env KEY=VALUE] [--keep]
 
 Starts a private redis-server (no persistence) and two `python -m taxi_tornado serve`
 processes, A and B, on that Redis hub (bench/target.py: one data dir, one secret, N
@@ -19,7 +19,8 @@ alternately to A and B; each is in its user's group and in `drivers`, the shared
    of every user whose client was on A (while they are away). A closes its sockets with
    1001; each of its clients waits a full jitter (uniform over 0..`--jitter` s), dials
    B and sends `session.resume` with its last position in each group as its first frame.
-   A dial that fails is tried again after a growing jittered backoff.
+   A dial that fails, or has not opened within `--open-timeout`, is dropped and tried
+   again after a full-jitter backoff whose ceiling doubles (as the project's client does).
 4. When every drained client got `session.resumed` (or `--timeout`), `--after` more
    seconds of events, then the publisher stops and the bench waits (bounded) until every
    client has the last event.
@@ -33,7 +34,12 @@ Measured, from the clients' clock (CLOCK_MONOTONIC):
 - events lost or doubled: every client must hold every offset of every group it is in,
   exactly once, in one epoch (`drivers`: 1..T, T the publisher's sends; its user's group:
   1..1, or 1..2 for a drained client), across the reconnect; a group answered
-  `"recovered": false` is a failure too.
+  `"recovered": false` is a failure too, and so is a socket that closed other than by
+  A's drain (`unexpected_closes`, with how it ended);
+- what explains the figures: the kernel's listen-queue overflows and SYN retransmits
+  (`tcp`, machine-wide), Redis connections and commands during the storm (`redis`),
+  the dials that timed out or were refused (`dial_errors`), and `--py-spy FILE` records
+  B during the storm.
 
 Prints one JSON line (stdout) and a short summary (stderr), with the load average: the
 machine is shared, and the clients, both servers and Redis share its cores. Loopback only;
@@ -301,7 +307,6 @@ class Client:
         "resumed",
         "resumed_at",
         "token",
-        "unexpected_close",
         "ws",
     )
 
@@ -321,7 +326,6 @@ class Client:
         self.errors: Counter[str] = Counter()
         self.failed = False
         self.close_code: int | None = None
-        self.unexpected_close = False
 
     def on_frame(self, ws: WsClient, payload: bytes) -> None:
         message = orjson.loads(payload)
@@ -348,6 +352,16 @@ class Client:
                                        "data": {"positions": self.last}})
 
 
+class RedialSocket(WsClient):
+    """A redial's socket; remembers how its connection ended (for the report)."""
+
+    lost_error: str | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_error = repr(exc) if exc is not None else "eof"
+        super().connection_lost(exc)
+
+
 class Storm:
     """The run: connect everyone, tick, drain A, watch its clients come back on B."""
 
@@ -363,6 +377,9 @@ class Storm:
         self.draining = False
         self.sigterm_at = 0.0
         self.pending: set[asyncio.Task[None]] = set()
+        # Sockets closed other than by A's drain: (when, close code, was on A).
+        self.lost_sockets: list[tuple[float, int | None, bool, str | None]] = []
+        self.finished = False  # the bench closes every socket itself from here
 
     async def ask(self, *command: Any) -> int:
         """One command to the publisher, and its answer."""
@@ -389,12 +406,18 @@ class Storm:
                         for c in self.clients if not c.failed), 15,
             "every client's last event", fail=False)
         events = {"caught_up": caught_up, **self.count_events(ticks)}
+        self.finished = True
         for client in self.clients:
             if client.ws is not None:
                 client.ws.close()
         await asyncio.sleep(0.2)
+        lost_sockets = {
+            "unexpected_closes": len(self.lost_sockets),
+            "unexpected_close_examples": [
+                {"at_s": round(at - self.sigterm_at, 3), "code": code, "on_a": on_a,
+                 "how": how} for at, code, on_a, how in self.lost_sockets[:10]]}
         return {"clients": len(self.clients), "drained": len(self.drained),
-                "connect_s": round(connected_s, 2), **storm, "events": events,
+                "connect_s": round(connected_s, 2), **storm, **lost_sockets, "events": events,
                 "goal_s": GOAL_S,
                 "goal_met": storm["last_resumed_s"] is not None
                 and storm["last_resumed_s"] < GOAL_S and events["failures"] == 0}
@@ -415,10 +438,11 @@ class Storm:
         ws.closed.add_done_callback(lambda _: self.on_closed(client, ws))
 
     def on_closed(self, client: Client, ws: WsClient) -> None:
-        if client.ws is not ws or not self.draining:
+        if client.ws is not ws or self.finished:
             return
-        if not client.on_a or client.closed_at:
-            client.unexpected_close = True
+        if not (self.draining and client.on_a) or client.closed_at:
+            self.lost_sockets.append((time.monotonic(), ws.close_code, client.on_a,
+                                      getattr(ws, "lost_error", None)))
             return
         client.closed_at = time.monotonic()
         client.close_code = ws.close_code
@@ -458,11 +482,11 @@ class Storm:
         is closed (the server sees the client leave), as a real client would do."""
         loop = asyncio.get_running_loop()
         request = upgrade_request(HOST, self.b.port, PATH, client.token, SUBPROTOCOL)
-        ws: WsClient | None = None
+        ws: RedialSocket | None = None
         try:
             async with asyncio.timeout(self.args.open_timeout):
                 _, ws = await loop.create_connection(
-                    lambda: WsClient(request, client.on_frame), HOST, self.b.port)
+                    lambda: RedialSocket(request, client.on_frame), HOST, self.b.port)
                 return await ws.opened
         except (OSError, TimeoutError, HandshakeError) as error:
             client.errors[type(error).__name__] += 1
@@ -476,6 +500,7 @@ class Storm:
         cpu_b = cpu_seconds(self.b.pid)
         redis_before = redis_info(self.redis_port)
         calls_before = command_calls(self.redis_port)
+        tcp_before = tcp_counters()
         self.draining = True
         self.sigterm_at = time.monotonic()
         assert self.a.process is not None
@@ -489,6 +514,8 @@ class Storm:
         storm_end = time.monotonic()
         cpu_b = cpu_seconds(self.b.pid) - cpu_b
         redis_after = redis_info(self.redis_port)
+        tcp = Counter(tcp_counters())
+        tcp.subtract(tcp_before)
         calls = Counter(command_calls(self.redis_port))
         calls.subtract(calls_before)
         if profiler is not None:
@@ -497,6 +524,7 @@ class Storm:
         await away
         exited, a_exit_s = await a_exit
         figures = self.storm_figures(done, storm_end, cpu_b, exited, a_exit_s)
+        figures["tcp"] = dict(tcp)  # the whole machine's: loopback, other tests included
         figures["redis"] = {
             "connections_opened": redis_after["total_connections_received"]
             - redis_before["total_connections_received"],
@@ -541,7 +569,6 @@ class Storm:
             "failed": sum(c.failed for c in self.drained),
             "redials": sum(c.redials for c in self.drained),
             "close_codes": dict(Counter(str(c.close_code) for c in self.drained)),
-            "unexpected_closes": sum(c.unexpected_close for c in self.clients),
             "last_closed_s": round(max((c.closed_at - t0 for c in self.drained
                                         if c.closed_at), default=0.0), 3),
             "last_resumed_s": round(max(resumed), 3) if resumed else None,
@@ -606,6 +633,18 @@ class Storm:
                 return False
             await asyncio.sleep(0.05)
         return True
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's counts of SYNs dropped on full accept queues and of SYNs sent again
+    (/proc/net/netstat, the whole machine): a listen backlog that overflows shows here."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+             if line.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return {}
+    fields = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+    wanted = {"ListenOverflows": "listen_overflows", "TCPSynRetrans": "syn_retransmits"}
+    return {name: int(fields.get(key, 0)) for key, name in wanted.items()}
 
 
 def redis_info(port: int) -> dict[str, int]:
