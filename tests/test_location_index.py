@@ -3,6 +3,7 @@ Cluster), and what only Redis adds: several processes sharing one index."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -25,7 +26,7 @@ from tests.location_contract import (
     offset,
 )
 from tests.redis_cluster import RedisCluster
-from tests.redis_server import SHARED_REDIS
+from tests.redis_server import SHARED_REDIS, RedisServer
 
 
 class TestH3LocationIndex(LocationContract):
@@ -161,3 +162,64 @@ async def test_reports_of_one_loop_turn_leave_in_one_pipeline(
         await index.put(f"d{number}", *offset(number, 0), None)
     found = await index.nearest(*CENTER, 1000, 200)
     assert len(found) == 200
+
+
+async def test_presence_writes_of_different_drivers_do_not_wait_for_each_other(
+        private_redis: RedisServer) -> None:
+    """A storm of reconnecting drivers (a rolling restart) must not queue one by one: while
+    Redis holds writes back, every driver's presence write is already on its way."""
+    admin = Redis.from_url(private_redis.url)
+    name = f"geo-{uuid.uuid4().hex[:8]}"
+    client = redis_client(private_redis.url, client_name=name)
+    index = RedisLocationIndex(client, name, "node", 30)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+        writes = [asyncio.ensure_future(index.connect(f"d{number}", 2)) for number in range(3)]
+
+        async def all_three_waiting_in_redis() -> bool:
+            clients = [row for row in await admin.client_list() if row.get("name") == name]
+            return sum("b" in row["flags"] for row in clients) == 3
+
+        await eventually(all_three_waiting_in_redis)
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await asyncio.gather(*writes)
+        assert await client.scard(f"{name}:dispatch:connected") == 3
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+        await client.aclose()
+
+
+async def test_one_drivers_presence_keeps_its_order_through_an_announce(
+        redis: Redis, prefix: str) -> None:
+    """Opens and closes of one driver's sockets reach Redis in order, and a process writing
+    all its drivers back (taken for dead) neither waits forever nor revives a gone one."""
+    index = RedisLocationIndex(redis, prefix, "node", 30)
+    await index.maintain()
+
+    async def open_and_close(driver_id: str) -> None:
+        for _ in range(5):
+            await index.connect(driver_id, 2)
+            await index.disconnect(driver_id, 2)
+
+    await index.connect("stays", 2)
+    await asyncio.gather(*(open_and_close(f"d{number}") for number in range(20)),
+                         index._announce())
+    assert await redis.smembers(f"{prefix}:dispatch:connected") == {b"stays"}
+    assert index._driver_locks == {}  # nothing kept per driver once its writes are done
+
+
+async def test_more_concurrent_writes_than_pooled_connections_wait_for_one(
+        private_redis: RedisServer) -> None:
+    """Past the pool's size a command waits for a free connection instead of failing with
+    "Too many connections" (a driver's handshake then failed with a 500)."""
+    admin = Redis.from_url(private_redis.url)
+    client = redis_client(private_redis.url)
+    index = RedisLocationIndex(client, "pool", "node", 30)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+        await asyncio.gather(*(index.connect(f"d{number}", 2) for number in range(150)))
+        assert await client.scard("pool:dispatch:connected") == 150
+    finally:
+        await admin.aclose()
+        await client.aclose()

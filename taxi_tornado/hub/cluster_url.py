@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+
+# Connections one client keeps to one Redis, and how long a command waits for a free one.
+POOL_SIZE = 64
+POOL_WAIT = 10.0
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
@@ -75,5 +79,14 @@ def redis_client(url: str, **options: Any) -> Redis | RedisCluster:
     cluster, commands whose keys share a hash tag (hub/keys.py) go to one shard."""
     if is_cluster_url(url):
         return parse_cluster_url(url).client(**options)
-    client: Redis = Redis.from_url(url, **options)
-    return client
+    return Redis(connection_pool=waiting_pool(url, **options))
+
+
+def waiting_pool(url: str, **options: Any) -> BlockingConnectionPool:
+    """A pool of at most POOL_SIZE connections to one Redis, where a command waits up to
+    POOL_WAIT seconds for a free one. redis-py's default pool raises "Too many
+    connections" at once past its limit: a storm of reconnecting drivers then failed
+    their handshakes with a 500 instead of waiting a millisecond."""
+    pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options)
+    return pool

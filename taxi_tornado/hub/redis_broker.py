@@ -29,7 +29,7 @@ from redis.commands.core import AsyncScript
 from taxi_tornado import metrics
 from taxi_tornado.hub.brokers import Broker, Receiver
 from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
-from taxi_tornado.hub.cluster_url import is_cluster_url, parse_cluster_url
+from taxi_tornado.hub.cluster_url import is_cluster_url, parse_cluster_url, waiting_pool
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
 from taxi_tornado.hub.keys import HubKeys
 from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, END, END_SHA, RedisHistory
@@ -82,7 +82,7 @@ class RedisBroker(Broker):
         self.limits = limits or HistoryLimits()
         self.keys = HubKeys(prefix)
         self.history = RedisHistory(self.keys, self.limits) if self.limits.enabled else None
-        self._pool: ConnectionPool = ConnectionPool.from_url(url, **CONNECTION_OPTIONS)
+        self._pool: ConnectionPool = waiting_pool(url, **CONNECTION_OPTIONS)
         self._reader = Redis(connection_pool=self._pool)
         self._publisher = Publisher(self._connection)
         self._publish_failing = False
