@@ -18,7 +18,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from tornado.httputil import HTTPHeaders
@@ -29,9 +29,18 @@ from taxi_tornado import metrics
 from taxi_tornado.auth import InvalidToken, token_from_request
 from taxi_tornado.frames import DecodeError, decode, encode, message_frame
 from taxi_tornado.handlers.base import SERVER_ERROR, TOKEN_INVALID, base_url, origin_allowed
+from taxi_tornado.handlers.envelope import (
+    TOO_DEEP,
+    echoed_id,
+    error_frame,
+    nests_too_deep,
+    refused,
+)
+from taxi_tornado.handlers.inline import run_inline
 from taxi_tornado.handlers.stream_writer import StreamWriter, socket_stream
 from taxi_tornado.idempotency import KEY_RULE, valid_key
 from taxi_tornado.plugins.api import MAX_TYPE_LENGTH, Connection, MessageType, ProtocolError
+from taxi_tornado.rate_limit import TokenBucket
 
 if TYPE_CHECKING:
     from taxi_tornado.services import Services
@@ -47,10 +56,6 @@ TRY_AGAIN_LATER = 1013
 # nginx's status for a request whose client went away before the answer: the access log
 # shows it for an upgrade abandoned in prepare().
 CLIENT_CLOSED_REQUEST = 499
-# Deepest nesting of arrays and objects in a frame, the envelope counting as one level.
-# orjson alone stops at 1024; a client never needs more than a few levels.
-MAX_NESTING = 32
-TOO_DEEP = f"The frame nests arrays and objects deeper than {MAX_NESTING} levels."
 
 
 PING_FRAME = bytes((0x89, 0))  # final, opcode 9 (ping), unmasked, no payload
@@ -487,127 +492,3 @@ class TaxiSocket(WebSocketHandler):
         """Drop the TCP connection without waiting for the client's closing handshake."""
         if self.writer is not None:
             self.writer.stream.close()
-
-
-def run_inline(coroutine: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
-    """Run `coroutine` here up to its first real wait, or to its end.
-
-    Most frames (an echo, every error and validation failure) never wait, and then this
-    is a plain call: no Task, no Future, no extra turn of the loop, which profiles of the
-    echo scenario showed to be a tenth of a frame's cost. A coroutine that does wait (for
-    the store, say) comes back as an awaitable that carries on from where it stopped.
-    """
-    try:
-        pending = coroutine.send(None)
-    except StopIteration:
-        return None
-    return _Resumed(coroutine, pending)
-
-
-class _Resumed:
-    """The rest of a coroutine whose first step already ran, for a Task to drive.
-
-    Passes through what the coroutine waits on (the Task sees the same future a direct
-    `await` would give it) and hands back results and thrown exceptions, as `yield from`
-    does.
-    """
-
-    __slots__ = ("coroutine", "pending")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, None], pending: Any) -> None:
-        self.coroutine = coroutine
-        self.pending = pending
-
-    def __await__(self) -> Generator[Any, None, None]:
-        coroutine, pending = self.coroutine, self.pending
-        while True:
-            try:
-                yield pending
-            except BaseException as error:  # thrown in by the task, e.g. cancellation
-                try:
-                    pending = coroutine.throw(error)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    pending = coroutine.send(None)
-                except StopIteration:
-                    return
-
-
-class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up; one token a frame."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
-def error_frame(code: str, detail: str, for_type: str | None,
-                errors: dict[str, list[str]] | None = None,
-                retry_after: float | None = None) -> dict[str, Any]:
-    """An error frame (PROTOCOL.md, Errors), without the `id` of the frame it answers."""
-    data: dict[str, Any] = {"code": code, "detail": detail, "for": for_type,
-                            "errors": errors or {}}
-    if retry_after is not None:
-        data["retry_after"] = retry_after
-    return {"type": "error", "data": data}
-
-
-def refused(entry: MessageType, conn: Connection) -> tuple[str, str] | None:
-    """The error (code, detail) for a connection that may not send this type at all."""
-    if conn.version < entry.min_version:
-        return "unknown_type", f"{entry.canonical} needs protocol taxi.v{entry.min_version}."
-    if entry.senders and conn.user.group not in entry.senders:
-        return "forbidden", (f"Only {' and '.join(entry.senders)} users can send "
-                             f"{entry.canonical}.")
-    return None
-
-
-def echoed_id(envelope: Any) -> str | int | None:
-    """The frame's `id` when it is one an answer carries back (a string or an integer)."""
-    frame_id = envelope.get("id") if isinstance(envelope, dict) else None
-    if isinstance(frame_id, bool) or not isinstance(frame_id, str | int):
-        return None
-    return frame_id
-
-
-def nests_too_deep(message: str | bytes, envelope: Any) -> bool:
-    """Whether `envelope` (decoded from `message`) nests deeper than MAX_NESTING.
-
-    Counting brackets in the text is a C-speed scan that clears nearly every frame: with
-    no more than MAX_NESTING of them, no nesting can be deeper. Only the rest are walked.
-    """
-    if isinstance(message, str):
-        brackets = message.count("[") + message.count("{")
-    else:
-        brackets = message.count(b"[") + message.count(b"{")
-    return brackets > MAX_NESTING and _deeper_than(envelope, MAX_NESTING)
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Walk containers only, depth first, stopping at the first one past `limit`."""
-    if not isinstance(value, dict | list):
-        return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list))
-    return False
