@@ -15,6 +15,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -563,3 +564,15 @@ def test_sigterm_stops_waiting_for_a_stalled_request_at_drain_timeout(
     assert upload.recv(100) == b""
     assert "1 HTTP requests did not finish within drain_timeout" in running.log()
     assert asyncio.run(stored_user(tmp_path, SIGN_UP["username"])) is None
+
+
+async def test_the_listening_socket_queues_a_reconnect_storm_not_128(
+        server: RunningServer) -> None:
+    """A drained process's sockets all dial the next one at once: the kernel must queue
+    thousands of handshakes, not Tornado's default 128 (it dropped SYNs, 1-3 s each)."""
+    listing = subprocess.run(["ss", "-ltnH", f"sport = :{server.port}"], check=True,
+                             capture_output=True, text=True).stdout
+    backlogs = {int(line.split()[2]) for line in listing.splitlines() if line.strip()}
+    with open("/proc/sys/net/core/somaxconn") as limit:
+        expected = min(4096, int(limit.read()))
+    assert backlogs == {expected}
