@@ -31,8 +31,8 @@ invariants with examples, reconnects and resumes, errors by code), the RSS serie
 each server series whether its RSS stayed within 10 % of its first sample after
 `--warm-up` minutes (judged when at least 3 samples follow the warm-up), the server
 logs' warnings and errors, and `ok`. A table of RSS every `--table-every` minutes goes
-to stderr with the progress. Exit status 0 when every invariant held and every judged
-series stayed flat.
+to stderr with the progress. Exit status 0 when every fault happened, every invariant
+held and every judged series stayed flat.
 
 Bounded: the run ends by itself (duration + wind-down + the check; a watchdog gives it
 `duration + 10 minutes` at most). Every process it starts is stopped at the end, on
@@ -71,6 +71,7 @@ RESTART_AFTER = 2.0  # seconds a killed process stays down
 FLAT = 0.10  # RSS may grow this much over its first sample after warm-up
 START_TIMEOUT = 60.0
 WATCHDOG_MARGIN = 600.0  # seconds past the duration before the run is abandoned
+FAULTS = 4  # the schedule's length: a run that did not reach them all is not ok
 
 
 def _die_with_parent() -> None:
@@ -427,9 +428,6 @@ class Soak:
                    (self._sampler(), self._faults(sim), self.balancer.cutter())]
         try:
             report = await asyncio.wait_for(sim, self.plan.duration + WATCHDOG_MARGIN)
-            for task in helpers[1:2]:  # the faults must have run to the end
-                if task.done():
-                    task.result()
         finally:
             for task in helpers:
                 task.cancel()
@@ -460,10 +458,16 @@ class Soak:
                                     - self._now()))
             at = self._now()
             self._say(f"fault at {at:.0f} s: {what}")
-            took = await act()
-            self.faults.append({"at_s": round(at, 1), "fraction": fraction, "what": what,
-                                "took_s": round(took, 2), "sockets_after":
-                                self.balancer.sockets()})
+            fault: dict[str, Any] = {"at_s": round(at, 1), "fraction": fraction,
+                                     "what": what}
+            self.faults.append(fault)
+            try:
+                took = await act()
+            except Exception as error:  # the run goes on; the result says it failed
+                fault["failed"] = repr(error)
+                self._say(f"fault failed: {what}: {error!r}")
+                continue
+            fault.update(took_s=round(took, 2), sockets_after=self.balancer.sockets())
             self._say(f"fault done in {took:.1f} s: {what}")
 
     async def _sampler(self) -> None:
@@ -529,7 +533,8 @@ class Soak:
             "server_logs": {server.label: log_summary(self.directory
                                                       / f"server-{server.label}.log")
                             for server in self.servers},
-            "ok": bool(report.get("ok")) and all(judged),
+            "ok": bool(report.get("ok")) and all(judged) and len(self.faults) == FAULTS
+                  and not any("failed" in fault for fault in self.faults),
         }
 
     def _now(self) -> float:
@@ -635,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     children = Children()
     try:
         result = asyncio.run(_soak(plan, directory, children))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("soak: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
     finally:
         children.stop_all()
         if not plan.keep:
