@@ -32,12 +32,16 @@ from redis.exceptions import MovedError, RedisClusterException
 
 from taxi_tornado import metrics
 from taxi_tornado.background import cancel_and_wait
-from taxi_tornado.hub.brokers import Broker
 from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
 from taxi_tornado.hub.cluster_url import ClusterURL, parse_cluster_url
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
 from taxi_tornado.hub.keys import HubKeys
-from taxi_tornado.hub.redis_broker import CONNECTION_OPTIONS, hand_over, without_password
+from taxi_tornado.hub.redis_broker import (
+    CONNECTION_OPTIONS,
+    SendsThroughRedis,
+    hand_over,
+    without_password,
+)
 from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, END, END_SHA, RedisHistory
 from taxi_tornado.hub.redis_link import (
     CONFIRM_TIMEOUT,
@@ -90,7 +94,7 @@ class Shard:
         await self.publisher.close()
 
 
-class ClusterBroker(Broker):
+class ClusterBroker(SendsThroughRedis):
     """Redis Cluster: one channel per group on the shard owning its tag, one round trip
     per group send, one subscriber link and one publishing connection per master."""
 
@@ -167,27 +171,9 @@ class ClusterBroker(Broker):
         if shard is not None:
             await shard.link.unsubscribe(group)
 
-    async def send(
-        self, group: str, payload: bytes, exclude: str | None, min_version: int
-    ) -> int:
-        """As RedisBroker.send: never raises, never waits long, at most once."""
-        if self.history is None:
-            delivered = self.receiver(group, payload, exclude, min_version, None)
-            await self.publish(group, payload, exclude, min_version)
-            return delivered
+    def reaches(self, group: str) -> bool:
         shard = self._shard_of(group)
-        if shard is None or not shard.link.up:
-            metrics.HUB_PUBLISH_FAILED.inc()
-            return self.receiver(group, payload, exclude, min_version, None)
-        try:
-            await self.append(group, payload, exclude, min_version)
-        except SendFailed as failure:
-            self._send_failed(failure.error)
-            if failure.maybe_done:
-                return 0
-            return self.receiver(group, payload, exclude, min_version, None)
-        self._send_works()
-        return 0
+        return shard is not None and shard.link.up
 
     async def publish(
         self, group: str, payload: bytes, exclude: str | None, min_version: int

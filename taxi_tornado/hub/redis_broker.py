@@ -62,7 +62,58 @@ CONNECTION_OPTIONS: dict[str, Any] = {
 }
 
 
-class RedisBroker(Broker):
+class SendsThroughRedis(Broker):
+    """What both Redis brokers (one server, a cluster) do with a group send; each says
+    whether Redis is reachable for a group, and how to append and publish."""
+
+    history: RedisHistory | None
+
+    def reaches(self, group: str) -> bool:
+        """Whether the link that carries `group` is up now."""
+        raise NotImplementedError
+
+    async def append(
+        self, group: str, payload: bytes, exclude: str | None, min_version: int
+    ) -> tuple[Position, int]:
+        raise NotImplementedError
+
+    async def publish(
+        self, group: str, payload: bytes, exclude: str | None, min_version: int
+    ) -> None:
+        raise NotImplementedError
+
+    def _send_failed(self, error: BaseException) -> None:
+        raise NotImplementedError
+
+    def _send_works(self) -> None:
+        raise NotImplementedError
+
+    async def send(
+        self, group: str, payload: bytes, exclude: str | None, min_version: int
+    ) -> int:
+        """Never raises and never waits long: a send Redis cannot take reaches this
+        process's members only, without a position; the failure is counted, and logged
+        once per streak. A send that Redis may have run (no reply in time) is not
+        delivered here as well: at most once."""
+        if self.history is None:
+            delivered = self.receiver(group, payload, exclude, min_version, None)
+            await self.publish(group, payload, exclude, min_version)
+            return delivered
+        if not self.reaches(group):
+            metrics.HUB_PUBLISH_FAILED.inc()
+            return self.receiver(group, payload, exclude, min_version, None)
+        try:
+            await self.append(group, payload, exclude, min_version)
+        except SendFailed as failure:
+            self._send_failed(failure.error)
+            if failure.maybe_done:
+                return 0
+            return self.receiver(group, payload, exclude, min_version, None)
+        self._send_works()
+        return 0
+
+
+class RedisBroker(SendsThroughRedis):
     """Redis pub/sub: one channel per group, one round trip per group send.
 
     Two connections per process, and a pool for resume reads. The subscriber link
@@ -121,29 +172,8 @@ class RedisBroker(Broker):
     async def unsubscribe(self, group: str) -> None:
         await self._link.unsubscribe(group)
 
-    async def send(
-        self, group: str, payload: bytes, exclude: str | None, min_version: int
-    ) -> int:
-        """Never raises and never waits long: a send Redis cannot take reaches this
-        process's members only, without a position; the failure is counted, and logged
-        once per streak. A send that Redis may have run (no reply in time) is not
-        delivered here as well: at most once."""
-        if self.history is None:
-            delivered = self.receiver(group, payload, exclude, min_version, None)
-            await self.publish(group, payload, exclude, min_version)
-            return delivered
-        if not self._link.up:
-            metrics.HUB_PUBLISH_FAILED.inc()
-            return self.receiver(group, payload, exclude, min_version, None)
-        try:
-            await self.append(group, payload, exclude, min_version)
-        except SendFailed as failure:
-            self._send_failed(failure.error)
-            if failure.maybe_done:
-                return 0
-            return self.receiver(group, payload, exclude, min_version, None)
-        self._send_works()
-        return 0
+    def reaches(self, group: str) -> bool:
+        return self._link.up
 
     async def publish(
         self, group: str, payload: bytes, exclude: str | None, min_version: int
