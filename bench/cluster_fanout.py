@@ -1,9 +1,10 @@
 """Fan-out across two server processes sharing a Redis hub (run by hand, not by the tests).
 
     python -m bench.cluster_fanout [-n 1000] [-k 20] [--timeout 10] [--v2]
-                                   [--history-size 100] [--compare-history]
+                                   [--history-size 100] [--compare-history] [--cluster]
 
-Starts a private redis-server on a free port (no persistence) and two
+Starts a private redis-server on a free port (no persistence), or with `--cluster` a
+private Redis Cluster (tests/redis_cluster.py's: three masters with a replica each), and two
 `python -m taxi_tornado serve` processes sharing it, one temporary data dir and one
 secret. A rider and a driver are created with the CLI (`taxi-tornado createuser`) and log
 in over HTTP; N driver sockets (the driver's token, so every socket is in `drivers`) are
@@ -14,14 +15,22 @@ timeout passes. Prints one JSON line:
 - `last_driver_ms`: per request, send -> the last driver socket received it (p50/p99/max);
 - `delivery_ms`: per delivery, send -> that socket received it (p50/p99/max);
 - `lost`: deliveries that never arrived (N * K expected);
-- `redis_publish_per_send`: the PUBLISH calls Redis counted (INFO commandstats delta on
-  the private redis-server) divided by K; the hub's contract is 1.0 whatever N is;
+- `redis_publish_per_send`: the PUBLISH (SPUBLISH on a cluster) calls Redis counted (INFO
+  commandstats delta on the private redis-server, summed over a cluster's masters)
+  divided by K; the hub's contract is 1.0 per group send whatever N is;
 - `redis_round_trips_per_send`: the commands the servers sent for the group sends
-  (EVALSHA and EVAL of the history script; PUBLISH when history is off) divided by K:
-  the contract is 1.0 (the script's own XADD, HINCRBY, PUBLISH… run inside Redis);
+  (EVALSHA and EVAL of the history script; (S)PUBLISH when history is off) divided by K
+  (each trip.request sends to `drivers`, and to `trips:follow`; the script's own XADD,
+  HINCRBY, PUBLISH… run inside Redis);
 - `redis_commands_per_send`: every command Redis counted in that window, divided by K,
-  the script's inner commands included (adds the SUBSCRIBE that puts the rider in each
-  new trip's group).
+  the script's inner commands included (adds the (S)SUBSCRIBE that puts the rider in
+  each new trip's group);
+- `per_master`: per Redis (each master of a cluster), the commands of the window, their
+  share, and the group sends (EVALSHA/EVAL, or (S)PUBLISH without history) it ran;
+- `groups_home` (cluster only): the master that owns `drivers`, `trips:follow` and
+  `admin` (a group lives on one shard: every fan-out of a trip to `drivers` lands
+  there), and `trip_groups_per_master`: how the K trips' own groups (one per
+  trip.request, joined by the rider) spread over the masters.
 
 `--history-size 0` runs the servers without history (no positions, one PUBLISH per
 send); `--compare-history` runs history on and off alternately, `--rounds` times each,
@@ -73,6 +82,8 @@ def main() -> None:
                         help="history on (--history-size) against off, alternately")
     parser.add_argument("--rounds", type=int, default=2, help="with --compare-history")
     parser.add_argument("--v2", action="store_true", help="the drivers speak taxi.v2")
+    parser.add_argument("--cluster", action="store_true",
+                        help="a private Redis Cluster (3 masters) instead of one Redis")
     args = parser.parse_args()
     raise_fd_limit()
     sizes = [args.history_size] if not args.compare_history else \
@@ -80,8 +91,8 @@ def main() -> None:
     results = []
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="taxi-cluster-bench-") as tmp:
-            result = Cluster(Path(tmp), size).run(args.drivers, args.sends, args.timeout,
-                                                  args.v2)
+            result = Cluster(Path(tmp), size, args.cluster).run(
+                args.drivers, args.sends, args.timeout, args.v2)
         results.append(result)
         print(json.dumps(result), flush=True)
     if args.compare_history:
@@ -103,14 +114,19 @@ def compare_history(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Cluster:
-    """A private Redis and two server processes in `directory`; run() cleans them up."""
+    """A private Redis (or Redis Cluster, `redis_cluster`) and two server processes in
+    `directory`; run() cleans them up."""
 
-    def __init__(self, directory: Path, history_size: int = 100) -> None:
+    def __init__(self, directory: Path, history_size: int = 100,
+                 redis_cluster: bool = False) -> None:
         self.directory = directory
         self.history_size = history_size
         self.redis_port = free_port()
         self.ports = [free_port(), free_port()]
         self.children: list[subprocess.Popen[bytes]] = []
+        self.use_cluster = redis_cluster
+        self.redis_cluster: Any = None  # tests.redis_cluster.RedisCluster once started
+        self.master_ports = [self.redis_port]
 
     def run(self, drivers: int, sends: int, timeout: float, v2: bool = False
             ) -> dict[str, Any]:
@@ -126,6 +142,8 @@ class Cluster:
             return asyncio.run(fan_out(self, rider_token, driver_token, drivers, sends,
                                        timeout, v2))
         finally:
+            if self.redis_cluster is not None:
+                self.redis_cluster.stop()
             for child in reversed(self.children):
                 child.terminate()
             for child in self.children:
@@ -140,16 +158,22 @@ class Cluster:
             "TAXI_DATA_DIR": str(self.directory / "data"),
             "TAXI_SERVER_PORT": str(port),
             "TAXI_AUTH_SECRET_KEY": SECRET,
-            "TAXI_HUB_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "TAXI_HUB_URL": self.redis_cluster.url if self.redis_cluster is not None
+            else f"redis://127.0.0.1:{self.redis_port}/0",
             "TAXI_HUB_PREFIX": PREFIX,
             "TAXI_HUB_HISTORY_SIZE": str(self.history_size),
             # One rider requests every trip, in a row: lift its quota and budget.
             "TAXI_LIMITS_TRIPS_PER_RIDER": "0",
             "TAXI_LIMITS_TRIP_REQUESTS": "0",
+            # Every driver socket is the one driver's: lift the sockets-per-user cap.
+            "TAXI_LIMITS_SOCKETS_PER_USER": "0",
             "TAXI_LOG_LEVEL": "warning",
         }
 
     def start_redis(self) -> None:
+        if self.use_cluster:
+            self.start_redis_cluster()
+            return
         binary = shutil.which("redis-server")
         if binary is None:
             sys.exit("cluster_fanout: redis-server is not installed")
@@ -159,6 +183,18 @@ class Cluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_until(lambda: redis_command(self.redis_port, "PING") == "PONG", "redis-server")
 
+    def start_redis_cluster(self) -> None:
+        """As bench/dispatch.py's PrivateCluster: the tests' cluster, three masters."""
+        from tests.redis_cluster import RedisCluster
+
+        self.redis_cluster = RedisCluster(self.directory / "redis-cluster")
+        self.redis_cluster.start()
+        self.master_ports = [master.port for master in self.redis_cluster.masters()]
+
+    def home(self, group: str) -> str:
+        """host:port of the master owning `group` (its names all carry `{group}`)."""
+        return str(self.redis_cluster.node_for("{" + group + "}").address)
+
     def start_server(self, n: int, port: int) -> None:
         log = (self.directory / f"server-{n}.log").open("wb")
         self.children.append(subprocess.Popen(
@@ -166,14 +202,9 @@ class Cluster:
             cwd=self.directory, stdout=log, stderr=subprocess.STDOUT))
         wait_until(lambda: http_status(port, "/readyz") == 200, f"server {n} on :{port}")
 
-    def publish_calls(self) -> tuple[int, int]:
-        """(PUBLISH calls, all calls) from INFO commandstats."""
-        calls = self.command_calls()
-        return calls.get("publish", 0), sum(calls.values())
-
-    def command_calls(self) -> dict[str, int]:
-        """Calls per command from INFO commandstats (`publish`, `evalsha`, ...)."""
-        return command_calls(self.redis_port)
+    def command_calls(self) -> dict[int, dict[str, int]]:
+        """Per master port: calls per command from INFO commandstats (`evalsha`, ...)."""
+        return {port: command_calls(port) for port in self.master_ports}
 
 
 def command_calls(port: int) -> dict[str, int]:
@@ -187,9 +218,32 @@ def command_calls(port: int) -> dict[str, int]:
 
 
 def round_trips(before: dict[str, int], after: dict[str, int], history: bool) -> int:
-    """The commands a server sends for group sends: the history script, or PUBLISH."""
-    names = ("evalsha", "eval") if history else ("publish",)
+    """The commands a server sends for group sends: the history script, or (S)PUBLISH."""
+    return delta(before, after, ("evalsha", "eval") if history else PUBLISH)
+
+
+PUBLISH = ("publish", "spublish")
+
+
+def delta(before: dict[str, int], after: dict[str, int],
+          names: tuple[str, ...] | None = None) -> int:
+    """Calls of `names` (every command when None) between two commandstats samples."""
+    names = tuple(after) if names is None else names
     return sum(after.get(name, 0) - before.get(name, 0) for name in names)
+
+
+def per_master(cluster: Cluster, before: dict[int, dict[str, int]],
+               after: dict[int, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """Per master: its commands in the window (less the bench's one INFO before), their
+    share of all, and the group sends it ran."""
+    history = cluster.history_size > 0
+    calls = {port: delta(before[port], after[port]) - 1 for port in after}
+    total = sum(calls.values()) or 1
+    return {f"127.0.0.1:{port}": {
+        "calls": calls[port], "share": round(calls[port] / total, 3),
+        "group_sends": round_trips(before[port], after[port], history),
+        "subscribes": delta(before[port], after[port], ("subscribe", "ssubscribe"))}
+        for port in after}
 
 
 async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers: int,
@@ -220,18 +274,17 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
                                      f"?token={rider_token}", compression=None,
                                      ping_interval=None)
     sent_at: list[float] = []
+    trip_ids: list[str] = []
     calls_before = cluster.command_calls()
-    publish_before, total_before = cluster.publish_calls()
     for k in range(sends):
         everyone.clear()
         sent_at.append(time.monotonic())
         await rider.send(json.dumps({"type": "trip.request", "data": {
             "pick_up_address": f"bench-{k}", "drop_off_address": "bench drop-off"}}))
-        await rider.recv()
+        trip_ids.append(str(json.loads(await rider.recv()).get("data", {}).get("id")))
         if len(received[k]) < expected:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(everyone.wait(), timeout)
-    publish_after, total_after = cluster.publish_calls()
     calls_after = cluster.command_calls()
     for reader in readers:
         reader.cancel()
@@ -239,8 +292,10 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
 
     last = [(max(received[k]) - sent_at[k]) * 1000 for k in range(sends) if received[k]]
     each = [(at - sent_at[k]) * 1000 for k in range(sends) for at in received[k]]
-    return {
+    masters = per_master(cluster, calls_before, calls_after)
+    result = {
         "scenario": "cluster_fanout",
+        "redis_cluster": cluster.redis_cluster is not None,
         "processes": 2,
         "history_size": cluster.history_size,
         "v2": v2,
@@ -249,11 +304,19 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
         "last_driver_ms": summary(last),
         "delivery_ms": summary(each),
         "lost": drivers * sends - len(each),
-        "redis_publish_per_send": (publish_after - publish_before) / sends,
-        "redis_round_trips_per_send": round_trips(calls_before, calls_after,
-                                                  cluster.history_size > 0) / sends,
-        "redis_commands_per_send": (total_after - total_before - 1) / sends,
+        "redis_publish_per_send": sum(delta(calls_before[port], calls_after[port], PUBLISH)
+                                      for port in calls_after) / sends,
+        "redis_round_trips_per_send": sum(m["group_sends"] for m in masters.values()) / sends,
+        "redis_commands_per_send": sum(m["calls"] for m in masters.values()) / sends,
+        "per_master": masters,
     }
+    if cluster.redis_cluster is not None:
+        result["groups_home"] = {group: cluster.home(group)
+                                 for group in ("drivers", "trips:follow", "admin")}
+        homes = [cluster.home(trip_id) for trip_id in trip_ids]
+        result["trip_groups_per_master"] = {address: homes.count(address)
+                                            for address in masters}
+    return result
 
 
 async def read_trips(ws: ClientConnection, on_trip: Any) -> None:
