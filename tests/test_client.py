@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from taxi_tornado.client import TaxiClient, TaxiError, backoff, token_expiry
+from taxi_tornado.client.client import KEYED_TYPES
 from taxi_tornado.client.redact import redact
-from taxi_tornado.settings import Settings
+from taxi_tornado.plugins.loader import load_plugins
+from taxi_tornado.settings import PluginsSettings, Settings
 from taxi_tornado.store import User
 from tests.conftest import ROOT, SECRET, Client, RunningServer, make_settings
 from tests.link_proxy import LinkProxy, until
@@ -670,3 +672,11 @@ def test_redact_hides_subprotocol_tokens_jwts_and_token_fields() -> None:
     assert redact("could not connect: taxi.example.com: timed out") == (
         "could not connect: taxi.example.com: timed out")
     assert TaxiError("forbidden", f"not {jwt_text}").detail == "not <redacted>"
+
+
+def test_the_client_keys_exactly_the_types_the_built_in_plugins_mark_keyed() -> None:
+    """A keyed type the client does not know is resent after a drop without its key (or
+    not at all): the list must follow the server's registry, aliases included."""
+    registry, _ = load_plugins(settings=PluginsSettings(disabled=("sos",)))
+    keyed = {name for name, entry in registry.types.items() if entry.keyed}
+    assert keyed == KEYED_TYPES

@@ -50,7 +50,8 @@ Unsubscribe = Callable[[], None]
 
 #: Types whose frames carry an idempotency `key` (PROTOCOL.md, "Idempotent requests").
 KEYED_TYPES: frozenset[str] = frozenset(
-    {"trip.request", "trip.update", "trip.cancel", "trip.decline"})
+    {"trip.request", "trip.update", "trip.cancel", "trip.decline",
+     "create.trip", "update.trip"})  # the course's names of the first two
 #: Seconds before the token's `exp` at which it is refreshed (or a quarter of its life
 #: when that is shorter), leaving room for a slow get_token() and clock skew.
 REFRESH_MARGIN = 60.0
