@@ -27,7 +27,7 @@ from tornado.websocket import WebSocketHandler
 
 from taxi_tornado import metrics
 from taxi_tornado.auth import InvalidToken, token_from_request
-from taxi_tornado.frames import DecodeError, decode, encode, message_frame
+from taxi_tornado.frames import DecodeError, decode, encode
 from taxi_tornado.handlers.base import SERVER_ERROR, TOKEN_INVALID, base_url, origin_allowed
 from taxi_tornado.handlers.envelope import (
     TOO_DEEP,
@@ -405,12 +405,10 @@ class TaxiSocket(WebSocketHandler):
         frame_id: Any,
         errors: dict[str, list[str]] | None = None,
     ) -> None:
-        metrics.errors(code).inc()
-        metrics.FRAMES_OUT_ERROR.inc()
         frame = error_frame(code, detail, for_type, errors)
         if frame_id is not None:
             frame["id"] = frame_id
-        conn.deliver(message_frame(frame))
+        self._answer(conn, frame)
 
     def on_finish(self) -> None:
         if self.get_status() != 101:  # refused or abandoned: no socket will open
