@@ -65,6 +65,8 @@ def test_no_link_in_the_user_docs_leaves_the_repository() -> None:
     for doc in user_docs():
         text = doc.read_text()
         assert "../shared" not in text, f"{doc.name} mentions ../shared, which users never see"
+        for page in ("PROTOCOL.md", "ARCHITECTURE.md", "CLIENTS.md"):
+            assert page not in text, f"{doc.name} sends users to {page}, outside the repository"
         for match in LINK.finditer(text):
             target = (match.group(1) or match.group(2)).split("#")[0]
             if not target or re.match(r"[a-z][a-z0-9+.-]*:", target):
