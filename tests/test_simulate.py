@@ -12,7 +12,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from taxi_tornado.handlers.auth import _password_errors
 from taxi_tornado.simulate import History, Options, check, simulate
+from taxi_tornado.simulate.accounts import new_password
 from taxi_tornado.simulate.recorder import Event, PhoneLog, Request, Send
 from tests.conftest import ServerProcess
 from tests.link_proxy import LinkProxy, until
@@ -164,3 +166,9 @@ async def test_a_run_through_cut_links_and_a_killed_process_keeps_every_invarian
     assert report["connections"]["reconnects"] >= 2 * (drivers + riders)
     assert report["connections"]["resumes"] >= 2 * (drivers + riders)
     assert report["trips"]["completed"] > 0, report["trips"]
+
+
+def test_simulated_accounts_get_passwords_that_sign_up_takes() -> None:
+    # Hex alone is all digits about once in 1,900 passwords: sign-up refused such a run.
+    assert all(_password_errors(new_password()) == {} for _ in range(5000))
+    assert _password_errors("1234567890123456") != {}  # what the old generator could make

@@ -31,6 +31,13 @@ class Account:
     refresh: str = ""
 
 
+def new_password() -> str:
+    """A random password sign-up takes: hex digits alone were all digits one time in about
+    1,900, which sign-up refuses ("entirely numeric"), and a run of thirty accounts then
+    failed now and then."""
+    return "sim-" + secrets.token_hex(8)
+
+
 async def prepare(base: str, drivers: int, riders: int, path: Path | None, server_key: str,
                   needed_for: float) -> tuple[list[Account], list[Account]]:
     """`drivers` and `riders` accounts with access tokens valid for `needed_for` more
@@ -42,7 +49,7 @@ async def prepare(base: str, drivers: int, riders: int, path: Path | None, serve
     wanted: list[Account] = []
     for group, count in (("driver", drivers), ("rider", riders)):
         mine = [account for account in kept if account.group == group][:count]
-        mine += [Account(f"sim{group[0]}{index}-{tag}", secrets.token_hex(8), group)
+        mine += [Account(f"sim{group[0]}{index}-{tag}", new_password(), group)
                  for index in range(len(mine), count)]
         wanted += mine
     limit = asyncio.Semaphore(CONCURRENCY)
