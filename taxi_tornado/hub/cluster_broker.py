@@ -175,21 +175,6 @@ class ClusterBroker(SendsThroughRedis):
         shard = self._shard_of(group)
         return shard is not None and shard.link.up
 
-    async def publish(
-        self, group: str, payload: bytes, exclude: str | None, min_version: int
-    ) -> None:
-        """SPUBLISH without history; never raises (see send)."""
-        shard = self._shard_of(group)
-        if shard is None or not shard.link.up:
-            metrics.HUB_PUBLISH_FAILED.inc()
-            return
-        try:
-            await self.post(group, payload, exclude, min_version)
-        except SendFailed as failure:
-            self._send_failed(failure.error)
-            return
-        self._send_works()
-
     async def post(
         self, group: str, payload: bytes, exclude: str | None, min_version: int
     ) -> int:

@@ -77,10 +77,24 @@ class SendsThroughRedis(Broker):
     ) -> tuple[Position, int]:
         raise NotImplementedError
 
+    async def post(
+        self, group: str, payload: bytes, exclude: str | None, min_version: int
+    ) -> int:
+        raise NotImplementedError
+
     async def publish(
         self, group: str, payload: bytes, exclude: str | None, min_version: int
     ) -> None:
-        raise NotImplementedError
+        """Publish without history; never raises (see send)."""
+        if not self.reaches(group):
+            metrics.HUB_PUBLISH_FAILED.inc()
+            return
+        try:
+            await self.post(group, payload, exclude, min_version)
+        except SendFailed as failure:
+            self._send_failed(failure.error)
+            return
+        self._send_works()
 
     def _send_failed(self, error: BaseException) -> None:
         raise NotImplementedError
@@ -174,20 +188,6 @@ class RedisBroker(SendsThroughRedis):
 
     def reaches(self, group: str) -> bool:
         return self._link.up
-
-    async def publish(
-        self, group: str, payload: bytes, exclude: str | None, min_version: int
-    ) -> None:
-        """PUBLISH without history; never raises (see send)."""
-        if not self._link.up:
-            metrics.HUB_PUBLISH_FAILED.inc()
-            return
-        try:
-            await self.post(group, payload, exclude, min_version)
-        except SendFailed as failure:
-            self._send_failed(failure.error)
-            return
-        self._send_works()
 
     async def post(
         self, group: str, payload: bytes, exclude: str | None, min_version: int
