@@ -26,7 +26,7 @@ from taxi_tornado.handlers.body_limit import MIB, UNLIMITED, BodyLimit
 from taxi_tornado.handlers.plugin_routes import plugin_routes
 from taxi_tornado.hosts import allowed_hosts
 from taxi_tornado.logs import log_request
-from taxi_tornado.plugins.admin import listen_for_commands
+from taxi_tornado.plugins.admin import ADMIN, listen_for_commands
 from taxi_tornado.services import Services, build_services
 from taxi_tornado.settings import Settings, SettingsError
 
@@ -102,6 +102,7 @@ class Server:
             if self.settings.admin.enabled:
                 await services.monitor.start(sockets)
                 await listen_for_commands(services.hub)
+                services.hub.live_only(ADMIN)  # the page reads admin.stats, never resumes
             await services.plugin_tasks.start()
         except BaseException:
             for sock in sockets:

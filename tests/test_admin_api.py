@@ -395,6 +395,7 @@ async def test_staff_socket_hears_every_trip_change(server: RunningServer) -> No
     trip = (await rider.request({"type": "trip.request", "data": ADDRESSES}))["data"]
     event = await next_of(staff, "admin.trip")
     assert event["data"]["id"] == trip["id"] and event["data"]["status"] == "REQUESTED"
+    assert "pos" not in event  # live only (Hub.live_only): nothing to resume, nothing kept
     for status in ("STARTED", "IN_PROGRESS", "COMPLETED"):
         await driver.send({"type": "trip.update", "data": {"id": trip["id"], "status": status}})
         event = await next_of(staff, "admin.trip")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import PASSWORD, ServerProcess
 from tests.redis_server import SHARED_REDIS
@@ -131,8 +132,20 @@ async def test_staff_cancel_on_one_process_reaches_everyone_on_the_other(
     while "CANCELED" not in statuses:
         message = await staff.receive()
         if message["type"] == "admin.trip":
+            assert "pos" not in message, message  # live only: the page reads admin.stats
             statuses.append(message["data"]["status"])
     assert statuses == ["REQUESTED", "CANCELED"]
+    # The operators' and the processes' own groups keep no history in Redis (each send
+    # one PUBLISH, not the history script); the trip's group and the drivers' pool do.
+    prefix = hub_env["TAXI_HUB_PREFIX"]
+    redis = aioredis.Redis.from_url(SHARED_REDIS)
+    try:
+        streams = {key.decode() for key in await redis.keys(f"{prefix}:stream:*")}
+    finally:
+        await redis.aclose()
+    assert {f"{prefix}:stream:{trip['id']}", f"{prefix}:stream:drivers"} <= streams, streams
+    assert not streams & {f"{prefix}:stream:{group}"
+                          for group in ("admin", "admin:control", "trips:follow")}, streams
 
 
 async def test_staff_socket_gets_one_stats_event_per_interval_whatever_the_processes(

@@ -316,6 +316,43 @@ async def test_a_group_send_with_history_is_one_round_trip_to_redis(
         assert offsets == [1, 2, 3, 4, 5]  # numbered in Redis: the same on both processes
 
 
+async def test_a_live_only_group_is_one_publish_a_send_and_keeps_nothing(
+    hubs: HubFactory, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """Hub.live_only: carried to every process without a position; Redis keeps
+    no stream, counter nor meta of it, and a resume naming it cannot recover."""
+    a, b = await hubs(), await hubs()
+    for hub in (a, b):
+        hub.live_only("admin")
+    on_a, on_b = Inbox(version=2), Inbox(version=2)
+    await a.join(on_a, "admin")
+    await b.join(on_b, "admin")
+    marker = f"{prefix}-end"
+    sent = []
+    async with redis_client.monitor() as monitor:
+        for n in range(5):
+            await (a, b)[n % 2].send("admin", message(n))
+        await redis_client.echo(marker)
+        while True:
+            seen = await monitor.next_command()
+            if marker in seen["command"]:
+                break
+            if prefix in seen["command"]:
+                sent.append(seen["command"].split(" ")[0].upper())
+    assert sent == ["PUBLISH"] * 5, sent  # not the history script
+    for member in (on_a, on_b):
+        received = [await member.next() for _ in range(5)]
+        assert all("pos" not in event for event in received), received
+        numbers = [event["data"] for event in received]
+        # In order per sender; a process's own sends reach its members at once.
+        assert [n for n in numbers if n % 2 == 0] == [0, 2, 4]
+        assert [n for n in numbers if n % 2] == [1, 3]
+    assert await redis_client.keys(f"{prefix}*") == []
+    assert await b.replay({"admin": Position(1, "any")}) == {"admin": None}
+    await a.send("drivers", message(9))  # other groups are numbered as before
+    assert len(await redis_client.keys(f"{prefix}*")) > 0
+
+
 async def test_the_sending_process_delivers_in_offset_order_with_another_sender(
     hubs: HubFactory,
 ) -> None:

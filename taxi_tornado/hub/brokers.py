@@ -1,9 +1,9 @@
 """What a broker is, and the in-process one.
 
 A broker takes every group send of its hub: it numbers the send in the group's history
-(when history is on), carries it to the other processes, and hands it to the hub's
-`receiver` for the local members, with its position. It also answers resumes from that
-history.
+(when history is on, and the group is not one of its `live_only` groups), carries it to
+the other processes, and hands it to the hub's `receiver` for the local members, with
+its position. It also answers resumes from that history.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class Broker(abc.ABC):
     def __init__(self) -> None:
         self.receiver: Receiver = _nobody  # the Hub puts its own here
         self.budgets = MemoryBudgets()  # this process's (hub/budget.py)
-
+        # Groups whose sends are carried but never numbered nor kept (Hub.live_only).
+        self.live_only: set[str] = set()
 
     @property
     def ready(self) -> bool:
@@ -97,7 +98,9 @@ class MemoryBroker(Broker):
     async def send(
         self, group: str, payload: bytes, exclude: str | None, min_version: int
     ) -> int:
-        position = self.history.append(group, payload) if self.history else None
+        position = None
+        if self.history is not None and group not in self.live_only:
+            position = self.history.append(group, payload)
         return self.receiver(group, payload, exclude, min_version, position)
 
     async def since(self, positions: Mapping[str, Position]) -> dict[str, Replay | None]:

@@ -85,9 +85,23 @@ class Hub:
 
     async def join_listener(self, member: Member, group: str) -> None:
         """`join` for a member that is no client: the group's sends are not counted in
-        taxi_frames_out_total nor taxi_fanout_size, which tell of frames to clients."""
+        taxi_frames_out_total nor taxi_fanout_size, which tell of frames to clients, and
+        are not kept (a listener never resumes)."""
         self.internal.add(group)
+        self.live_only(group)
         await self.join(member, group)
+
+    def live_only(self, group: str) -> None:
+        """Carry the sends to `group` as they happen and keep none of them: no position,
+        nothing to resume (a resume naming the group is answered `recovered: false`).
+
+        For groups whose members never resume, or read a snapshot when they come back:
+        with Redis such a send is one PUBLISH instead of the history script (about ten
+        commands), and holds no memory. Every process must say it of the same groups
+        (plugins do at start-up); a send from one that did not is numbered, and
+        delivered all the same.
+        """
+        self.broker.live_only.add(group)
 
     async def leave(self, member: Member, group: str) -> None:
         members = self.groups.get(group)
@@ -144,9 +158,13 @@ class Hub:
     async def replay(self, positions: Mapping[str, Position]) -> dict[str, Replay | None]:
         """For each group, the events after its position, or None when the history no
         longer holds all of them (unknown epoch, too many, too old)."""
-        if not positions:
-            return {}
-        return await self.broker.since(positions)
+        live_only = self.broker.live_only
+        kept = {group: position for group, position in positions.items()
+                if group not in live_only}
+        replays: dict[str, Replay | None] = dict.fromkeys(positions)
+        if kept:
+            replays.update(await self.broker.since(kept))
+        return replays
 
     def deliver_local(
         self,

@@ -109,7 +109,7 @@ class SendsThroughRedis(Broker):
         process's members only, without a position; the failure is counted, and logged
         once per streak. A send that Redis may have run (no reply in time) is not
         delivered here as well: at most once."""
-        if self.history is None:
+        if self.history is None or group in self.live_only:
             delivered = self.receiver(group, payload, exclude, min_version, None)
             await self.publish(group, payload, exclude, min_version)
             return delivered
