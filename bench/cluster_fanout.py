@@ -2,6 +2,7 @@
 
     python -m bench.cluster_fanout [-n 1000] [-k 20] [--timeout 10] [--v2]
                                    [--history-size 100] [--compare-history] [--cluster]
+                                   [--trip-life N]
 
 Starts a private redis-server on a free port (no persistence), or with `--cluster` a
 private Redis Cluster (tests/redis_cluster.py's: three masters with a replica each), and two
@@ -31,6 +32,15 @@ timeout passes. Prints one JSON line:
   `admin` (a group lives on one shard: every fan-out of a trip to `drivers` lands
   there), and `trip_groups_per_master`: how the K trips' own groups (one per
   trip.request, joined by the rider) spread over the masters.
+
+`--trip-life N` then lives each trip through, as a city does, and counts the commands of
+that second window apart (`life`): one more v2 socket of the driver, on the second
+process, claims the trip (STARTED), sends N `driver.location` (relayed to the trip's
+group, where the rider is) and moves it to IN_PROGRESS and COMPLETED, one trip after
+another. `life.per_master` is that window alone, `city_per_master` both windows
+together (the requests' fan-out and the trips' lives): a trip's own group lives on the
+master its id hashes to, so this is the load that spreads. The fan-out figures above
+are measured before it, as without the flag.
 
 `--history-size 0` runs the servers without history (no positions, one PUBLISH per
 send); `--compare-history` runs history on and off alternately, `--rounds` times each,
@@ -84,6 +94,8 @@ def main() -> None:
     parser.add_argument("--v2", action="store_true", help="the drivers speak taxi.v2")
     parser.add_argument("--cluster", action="store_true",
                         help="a private Redis Cluster (3 masters) instead of one Redis")
+    parser.add_argument("--trip-life", type=int, default=0, metavar="N",
+                        help="then claim, relay N locations and complete every trip")
     args = parser.parse_args()
     raise_fd_limit()
     sizes = [args.history_size] if not args.compare_history else \
@@ -92,7 +104,7 @@ def main() -> None:
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="taxi-cluster-bench-") as tmp:
             result = Cluster(Path(tmp), size, args.cluster).run(
-                args.drivers, args.sends, args.timeout, args.v2)
+                args.drivers, args.sends, args.timeout, args.v2, args.trip_life)
         results.append(result)
         print(json.dumps(result), flush=True)
     if args.compare_history:
@@ -128,8 +140,8 @@ class Cluster:
         self.redis_cluster: Any = None  # tests.redis_cluster.RedisCluster once started
         self.master_ports = [self.redis_port]
 
-    def run(self, drivers: int, sends: int, timeout: float, v2: bool = False
-            ) -> dict[str, Any]:
+    def run(self, drivers: int, sends: int, timeout: float, v2: bool = False,
+            trip_life: int = 0) -> dict[str, Any]:
         try:
             self.start_redis()
             env = self.env()
@@ -140,7 +152,7 @@ class Cluster:
             rider_token = log_in(self.ports[0], rider)
             driver_token = log_in(self.ports[1], driver)
             return asyncio.run(fan_out(self, rider_token, driver_token, drivers, sends,
-                                       timeout, v2))
+                                       timeout, v2, trip_life))
         finally:
             if self.redis_cluster is not None:
                 self.redis_cluster.stop()
@@ -167,6 +179,9 @@ class Cluster:
             "TAXI_LIMITS_TRIP_REQUESTS": "0",
             # Every driver socket is the one driver's: lift the sockets-per-user cap.
             "TAXI_LIMITS_SOCKETS_PER_USER": "0",
+            # The trip lives' driver sends its locations in a row.
+            "TAXI_LIMITS_RATE": "1000000",
+            "TAXI_LIMITS_BURST": "1000000",
             "TAXI_LOG_LEVEL": "warning",
         }
 
@@ -247,12 +262,15 @@ def per_master(cluster: Cluster, before: dict[int, dict[str, int]],
 
 
 async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers: int,
-                  sends: int, timeout: float, v2: bool) -> dict[str, Any]:
+                  sends: int, timeout: float, v2: bool, trip_life: int = 0) -> dict[str, Any]:
     received: dict[int, list[float]] = {k: [] for k in range(sends)}
     everyone = asyncio.Event()
     expected = drivers
+    counting = True  # the trips' later events carry the same marker: not deliveries
 
     def on_trip(k: int, at: float) -> None:
+        if not counting:
+            return
         got = received[k]
         got.append(at)
         if len(got) == expected:
@@ -286,6 +304,10 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(everyone.wait(), timeout)
     calls_after = cluster.command_calls()
+    counting = False
+    life = None
+    if trip_life:
+        life = await live_trips(cluster, driver_token, trip_ids, trip_life)
     for reader in readers:
         reader.cancel()
     await asyncio.gather(*(ws.close() for ws in [*sockets, rider]), return_exceptions=True)
@@ -310,6 +332,12 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
         "redis_commands_per_send": sum(m["calls"] for m in masters.values()) / sends,
         "per_master": masters,
     }
+    if life is not None:
+        calls_end = life.pop("calls_end")
+        life["per_master"] = per_master(cluster, calls_after, calls_end)
+        life["commands_per_trip"] = sum(m["calls"] for m in life["per_master"].values()) / sends
+        result["life"] = life
+        result["city_per_master"] = per_master(cluster, calls_before, calls_end)
     if cluster.redis_cluster is not None:
         result["groups_home"] = {group: cluster.home(group)
                                  for group in ("drivers", "trips:follow", "admin")}
@@ -317,6 +345,45 @@ async def fan_out(cluster: Cluster, rider_token: str, driver_token: str, drivers
         result["trip_groups_per_master"] = {address: homes.count(address)
                                             for address in masters}
     return result
+
+
+async def live_trips(cluster: Cluster, driver_token: str, trip_ids: list[str],
+                     locations: int) -> dict[str, Any]:
+    """Claim, relay `locations` positions on, and complete each trip in turn, from one
+    more v2 socket of the driver on the second process; returns what went wrong and the
+    command counts at the end (`calls_end`)."""
+    driver = await websockets.connect(
+        f"ws://127.0.0.1:{cluster.ports[1]}/taxi/?token={driver_token}",
+        subprotocols=[Subprotocol("taxi.v2")], compression=None, max_queue=None,
+        ping_interval=None)
+    refused: dict[str, int] = {}
+    frame_id = 0
+
+    async def ask(message: dict[str, Any]) -> None:
+        nonlocal frame_id
+        frame_id += 1
+        await driver.send(json.dumps({**message, "id": frame_id}))
+        while True:
+            answer = json.loads(await driver.recv())
+            if answer.get("id") == frame_id:
+                break
+        if answer.get("type") == "error":
+            code = str(answer.get("data", {}).get("code"))
+            refused[code] = refused.get(code, 0) + 1
+
+    async def move(trip_id: str, status: str) -> None:
+        await ask({"type": "trip.update", "data": {"id": trip_id, "status": status}})
+
+    for trip_id in trip_ids:
+        await move(trip_id, "STARTED")
+        for n in range(locations):
+            await driver.send(json.dumps({"type": "driver.location", "data": {
+                "lat": 52.52 + n * 1e-4, "lng": 13.40}}))
+        await move(trip_id, "IN_PROGRESS")  # answered after every location: in order
+        await move(trip_id, "COMPLETED")
+    calls_end = cluster.command_calls()
+    await driver.close()
+    return {"locations_per_trip": locations, "refused": refused, "calls_end": calls_end}
 
 
 async def read_trips(ws: ClientConnection, on_trip: Any) -> None:
