@@ -108,6 +108,22 @@ class LocationContract:
         await index.set_busy("a", False)
         assert await nearest_ids(index) == ["a", "b"]
 
+    async def test_connect_writes_the_busy_mark_with_the_presence(
+            self, index: LocationIndex) -> None:
+        await located(index, "a", 100)
+        await located(index, "b", 200)
+        await index.connect("a", 2, True)  # a second socket: the mark, no new presence
+        assert await nearest_ids(index) == ["b"]
+        await index.connect("a", 1, False)
+        assert await nearest_ids(index) == ["a", "b"]
+        await index.connect("c", 2, True)  # a new driver, busy from the start
+        await index.put("c", *offset(50, 0), None)
+        assert await nearest_ids(index) == ["a", "b"]
+        await index.disconnect("c", 2)
+        await index.connect("c", 2)  # busy no more: the mark goes with the presence
+        await index.put("c", *offset(50, 0), None)
+        assert await nearest_ids(index) == ["c", "a", "b"]
+
     async def test_position_without_a_connection_is_not_available(
             self, index: LocationIndex) -> None:
         await index.put("ghost", *CENTER, None)

@@ -60,10 +60,11 @@ class H3LocationIndex(LocationIndex):
         # Located drivers, oldest report first: upkeep stops at the first fresh one.
         self._by_report: OrderedDict[str, None] = OrderedDict()
 
-    async def connect(self, driver_id: str, version: int) -> None:
+    async def connect(self, driver_id: str, version: int, busy: bool = False) -> None:
         driver = self._drivers.get(driver_id)
         if driver is None:
             driver = self._drivers[driver_id] = _Driver()
+        driver.busy = busy
         if version >= 2:
             driver.v2 += 1
         else:

@@ -67,8 +67,10 @@ class LocationIndex(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def connect(self, driver_id: str, version: int) -> None:
-        """A connection of the driver speaking protocol `version` opened here."""
+    async def connect(self, driver_id: str, version: int, busy: bool = False) -> None:
+        """A connection of the driver speaking protocol `version` opened here; `busy`
+        is set_busy's mark, written with the presence (one round trip, not two, for
+        each driver of a reconnect storm)."""
 
     @abc.abstractmethod
     async def disconnect(self, driver_id: str, version: int) -> bool:

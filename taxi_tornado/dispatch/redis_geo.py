@@ -260,16 +260,22 @@ class RedisLocationIndex(LocationIndex):
             if not self._writes:
                 self._no_writes.set()
 
-    async def connect(self, driver_id: str, version: int) -> None:
+    async def connect(self, driver_id: str, version: int, busy: bool = False) -> None:
         async with self._in_order(driver_id):
             counts = self._local.setdefault(driver_id, [0, 0])
             before = _highest(counts)
             counts[1 if version >= 2 else 0] += 1
             after = _highest(counts)
             if after == before:
+                await self.set_busy(driver_id, busy)
                 return
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(self._drv_key(driver_id), f"n:{self.node}", str(after))
+            if busy:
+                pipe.hset(self._drv_key(driver_id), mapping={f"n:{self.node}": str(after),
+                                                             "busy": "1"})
+            else:
+                pipe.hset(self._drv_key(driver_id), f"n:{self.node}", str(after))
+                pipe.hdel(self._drv_key(driver_id), "busy")
             pipe.sadd(self._connected, driver_id)
             pipe.sadd(self._node_set(self.node), driver_id)
             await pipe.execute()

@@ -103,8 +103,8 @@ class Dispatch:
 
     async def driver_connected(self, conn: Connection) -> None:
         driver_id = conn.user.id
-        await self.locations.connect(driver_id, conn.version)
-        await self.locations.set_busy(driver_id, await self.driving(driver_id))
+        busy = await self.driving(driver_id)
+        await self.locations.connect(driver_id, conn.version, busy)
 
     async def driver_disconnected(self, conn: Connection) -> None:
         await self.locations.disconnect(conn.user.id, conn.version)
