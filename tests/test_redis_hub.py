@@ -27,6 +27,7 @@ from taxi_tornado.hub import (
     redis_url_problem,
     wire_message,
 )
+from taxi_tornado.hub.redis_history import MAX_READ_TOGETHER, ReadTogether
 from taxi_tornado.settings import SettingsError, load_settings
 from tests.conftest import free_port
 from tests.redis_server import SHARED_REDIS, RedisServer
@@ -351,6 +352,72 @@ async def test_a_live_only_group_is_one_publish_a_send_and_keeps_nothing(
     assert await b.replay({"admin": Position(1, "any")}) == {"admin": None}
     await a.send("drivers", message(9))  # other groups are numbered as before
     assert len(await redis_client.keys(f"{prefix}*")) > 0
+
+
+async def test_resumes_asked_together_are_one_read_and_each_gets_its_own_answer(
+    hubs: HubFactory, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """A reconnect storm's resumes: those asked in one loop turn are one READ call (one
+    EVALSHA), the same group at different positions included."""
+    a, b = await hubs(), await hubs()
+    member = Inbox(version=2)
+    await a.join(member, "drivers")
+    for n in range(5):
+        await a.send("drivers", message(n))
+    user = Inbox(version=2)
+    await b.join(user, "user:1")
+    await b.send("user:1", message("mine"))
+    epoch = (await member.next())["pos"]["epoch"]
+    user_epoch = (await user.next())["pos"]["epoch"]
+    marker = f"{prefix}-end"
+    scripts = []
+    async with redis_client.monitor() as monitor:
+        first, second, third = await asyncio.gather(
+            b.replay({"drivers": Position(3, epoch)}),
+            b.replay({"drivers": Position(1, epoch), "user:1": Position(0, user_epoch)}),
+            b.replay({"drivers": Position(1, "an epoch long gone")}))
+        await redis_client.echo(marker)
+        while True:
+            seen = await monitor.next_command()
+            if marker in seen["command"]:
+                break
+            if prefix in seen["command"] and seen["client_type"] != "lua":
+                scripts.append(seen["command"].split(" ")[0].upper())
+    assert scripts == ["EVALSHA"], scripts
+    assert [at.offset for at, _ in first["drivers"].events] == [4, 5]
+    assert [at.offset for at, _ in second["drivers"].events] == [2, 3, 4, 5]
+    assert [orjson.loads(payload) for _, payload in second["user:1"].events] == [
+        message("mine")]
+    assert third == {"drivers": None}
+
+
+async def test_resumes_read_together_share_a_failure_and_a_bounded_call() -> None:
+    calls: list[int] = []
+
+    async def failing(wanted: list[tuple[str, Position]]) -> list[Any]:
+        calls.append(len(wanted))
+        raise ConnectionError("Redis went away")
+
+    together = ReadTogether(failing)
+    results = await asyncio.gather(together.since({"a": Position(1, "e")}),
+                                   together.since({"b": Position(1, "e")}),
+                                   return_exceptions=True)
+    assert calls == [2]
+    assert all(isinstance(result, ConnectionError) for result in results), results
+
+    async def answering(wanted: list[tuple[str, Position]]) -> list[Any]:
+        calls.append(len(wanted))
+        return [group for group, _ in wanted]
+
+    calls.clear()
+    together = ReadTogether(answering)
+    many = {f"g{n}": Position(0, "e") for n in range(MAX_READ_TOGETHER - 1)}
+    answers = await asyncio.gather(together.since(many), together.since({"x": Position(0, "e"),
+                                                                         "y": Position(0, "e")}),
+                                   together.since({"z": Position(0, "e")}))
+    assert calls == [MAX_READ_TOGETHER + 1, 1]  # full: sent at once; the next waits a turn
+    assert answers[0] == {group: group for group in many}
+    assert answers[1] == {"x": "x", "y": "y"} and answers[2] == {"z": "z"}
 
 
 async def test_the_sending_process_delivers_in_offset_order_with_another_sender(

@@ -32,7 +32,14 @@ from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
 from taxi_tornado.hub.cluster_url import is_cluster_url, parse_cluster_url, waiting_pool
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
 from taxi_tornado.hub.keys import HubKeys
-from taxi_tornado.hub.redis_history import APPEND, APPEND_SHA, END, END_SHA, RedisHistory
+from taxi_tornado.hub.redis_history import (
+    APPEND,
+    APPEND_SHA,
+    END,
+    END_SHA,
+    ReadTogether,
+    RedisHistory,
+)
 from taxi_tornado.hub.redis_link import (
     CONFIRM_TIMEOUT,
     CONNECT_TIMEOUT,
@@ -149,6 +156,7 @@ class RedisBroker(SendsThroughRedis):
         self.history = RedisHistory(self.keys, self.limits) if self.limits.enabled else None
         self._pool: ConnectionPool = waiting_pool(url, **CONNECTION_OPTIONS)
         self._reader = Redis(connection_pool=self._pool)
+        self._resumes = ReadTogether(self._read_history)
         self._publisher = Publisher(self._connection)
         self._publish_failing = False
         self._spend: AsyncScript | None = None
@@ -249,11 +257,15 @@ class RedisBroker(SendsThroughRedis):
             return dict.fromkeys(positions)
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
-                return await self.history.since(self._reader, positions)
+                return await self._resumes.since(positions)
         except LINK_ERRORS as error:
             log.warning("hub: reading history from %s failed (%s)",
                         without_password(self.url), describe_error(error))
             return dict.fromkeys(positions)
+
+    async def _read_history(self, wanted: list[tuple[str, Position]]) -> list[Replay | None]:
+        assert self.history is not None
+        return await self.history.read(self._reader, wanted)
 
     def _send_failed(self, error: BaseException) -> None:
         metrics.HUB_PUBLISH_FAILED.inc()

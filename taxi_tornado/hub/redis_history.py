@@ -34,9 +34,10 @@ The stream id to read from is written by the caller: Lua numbers are doubles, an
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -109,6 +110,8 @@ END_SHA = hashlib.sha1(END.encode()).hexdigest()
 # The largest offset a group can reach (HINCRBY's); a client's offset past it is clamped,
 # so that the stream id read from stays valid (and the resume is not recovered).
 MAX_OFFSET = 2**63 - 1
+# Groups in one READ call of several resumes (ReadTogether): a bounded script run.
+MAX_READ_TOGETHER = 256
 
 # KEYS: meta and stream of each group in turn. ARGV: the stream id to read from, per
 # group, then the history's size and ttl in ms. Returns {epoch, offset, events} per group.
@@ -169,21 +172,89 @@ class RedisHistory:
     ) -> dict[str, Replay | None]:
         """Every group's replay, read with one script call (one round trip, one snapshot).
         In a Redis Cluster, the groups of one call must share a slot (one group each)."""
+        replays = await self.read(client, list(positions.items()))
+        return dict(zip(positions, replays, strict=True))
+
+    async def read(
+        self, client: Redis | RedisCluster, wanted: list[tuple[str, Position]]
+    ) -> list[Replay | None]:
+        """`since` for a list, in which a group may come more than once (several
+        resumes read together), answered in its order."""
         keys: list[str] = []
-        for group in positions:
+        for group, _ in wanted:
             keys += (self.keys.meta(group), self.keys.stream(group))
-        arguments = [f"{min(position.offset, MAX_OFFSET) + 1}-0"
-                     for position in positions.values()]
+        arguments = [f"{min(position.offset, MAX_OFFSET) + 1}-0" for _, position in wanted]
         if self._read is None:
             self._read = client.register_script(READ)  # EVALSHA; EVAL again on NOSCRIPT
         results = await self._read(keys=keys, args=[*arguments, self._size, self._ttl_ms],
                                    client=client)
-        replays: dict[str, Replay | None] = {}
-        for index, (group, position) in enumerate(positions.items()):
+        replays: list[Replay | None] = []
+        for index, (_, position) in enumerate(wanted):
             epoch, top, events = results[3 * index:3 * index + 3]
-            replays[group] = replay_from(position, epoch.decode() or None, int(top),
-                                         _events(events))
+            replays.append(replay_from(position, epoch.decode() or None, int(top),
+                                       _events(events)))
         return replays
+
+
+class ReadTogether:
+    """The resumes asked for during one loop turn, read with one READ call.
+
+    In a reconnect storm (a process drained, its sockets resuming on the others) every
+    handshake reads the history; one script call each cost the process more in redis-py
+    than the read costs Redis. The first `since` of a turn schedules the call with
+    `call_soon`; every `since` made before the loop's next turn joins it, and each caller
+    awaits a future of its own (one caller giving up cancels nobody else). A read that
+    fails fails every caller of it. At most MAX_READ_TOGETHER groups go in one call; a
+    larger batch is sent at once and a new one begins.
+    """
+
+    def __init__(self, read: Callable[[list[tuple[str, Position]]],
+                                      Awaitable[list[Replay | None]]]) -> None:
+        self._read = read
+        self._waiting: list[tuple[list[tuple[str, Position]],
+                                  asyncio.Future[dict[str, Replay | None]]]] = []
+        self._groups = 0
+        self._running: set[asyncio.Task[None]] = set()
+
+    def since(self, positions: Mapping[str, Position]
+              ) -> asyncio.Future[dict[str, Replay | None]]:
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._flush)
+        future: asyncio.Future[dict[str, Replay | None]] = loop.create_future()
+        self._waiting.append((list(positions.items()), future))
+        self._groups += len(positions)
+        if self._groups >= MAX_READ_TOGETHER:
+            self._flush()
+        return future
+
+    def _flush(self) -> None:
+        if not self._waiting:
+            return
+        batch, self._waiting, self._groups = self._waiting, [], 0
+        task = asyncio.ensure_future(self._answer(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _answer(self, batch: list[tuple[list[tuple[str, Position]],
+                                              asyncio.Future[dict[str, Replay | None]]]]
+                      ) -> None:
+        wanted = [entry for entries, _ in batch for entry in entries]
+        try:
+            replays = await self._read(wanted)
+        except BaseException as error:  # handed to every caller
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        at = 0
+        for entries, future in batch:
+            if not future.done():
+                future.set_result({group: replays[at + index]
+                                   for index, (group, _) in enumerate(entries)})
+            at += len(entries)
 
 
 def _events(blob: bytes) -> list[tuple[int, bytes]]:
