@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
+from taxi_tornado.deadline import inline_step
+
 
 def run_inline(coroutine: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
     """Run `coroutine` here up to its first real wait, or to its end.
@@ -13,9 +15,12 @@ def run_inline(coroutine: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
     is a plain call: no Task, no Future, no extra turn of the loop, which profiles of the
     echo scenario showed to be a tenth of a frame's cost. A coroutine that does wait (for
     the store, say) comes back as an awaitable that carries on from where it stopped.
+    Until then it runs in the task that reads the socket: a timeout it enters must be
+    taxi_tornado.deadline's, which leaves that task alone.
     """
     try:
-        pending = coroutine.send(None)
+        with inline_step():  # no task of its own yet: see deadline.py
+            pending = coroutine.send(None)
     except StopIteration:
         return None
     return _Resumed(coroutine, pending)

@@ -32,6 +32,7 @@ from redis.exceptions import MovedError, RedisClusterException
 
 from taxi_tornado import metrics
 from taxi_tornado.background import cancel_and_wait
+from taxi_tornado.deadline import deadline
 from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
 from taxi_tornado.hub.cluster_url import ClusterURL, parse_cluster_url
 from taxi_tornado.hub.history import HistoryLimits, Position, Replay
@@ -61,7 +62,7 @@ TOPOLOGY_INTERVAL = 10.0
 TOPOLOGY_RETRY = 0.5
 CLUSTER_ERRORS = (*LINK_ERRORS, RedisClusterException)
 # The cluster client's own options: commands that fail are not retried by redis-py (a
-# group send must not run twice); ours bound every call with asyncio.timeout.
+# group send must not run twice); ours bound every call with a deadline (taxi_tornado/deadline.py).
 CLIENT_OPTIONS: dict[str, Any] = {
     key: value for key, value in CONNECTION_OPTIONS.items() if key != "retry"}
 
@@ -142,7 +143,7 @@ class ClusterBroker(SendsThroughRedis):
         self._node = self.node_id.encode()
         self._watch = asyncio.ensure_future(self._keep_map())
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CONNECT_TIMEOUT + CONFIRM_TIMEOUT):
+            async with deadline(CONNECT_TIMEOUT + CONFIRM_TIMEOUT):
                 while not self.ready:
                     await asyncio.sleep(0.01)
 
@@ -211,7 +212,7 @@ class ClusterBroker(SendsThroughRedis):
         if self._spend is None:
             self._spend = self._client.register_script(SPEND)
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
+            async with deadline(PUBLISH_TIMEOUT):
                 wait_ms = await self._spend(keys=[self.keys.budget(key)],
                                             args=[interval_ms(per_minute), window_ms()],
                                             client=self._client)
@@ -237,7 +238,7 @@ class ClusterBroker(SendsThroughRedis):
         if shard is None or not shard.link.up:
             return None
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
+            async with deadline(PUBLISH_TIMEOUT):
                 replays = await self.history.since(self._client, {group: position})
         except CLUSTER_ERRORS as error:
             log.warning("hub: reading the history of %s from %s failed (%s)", group,
@@ -294,7 +295,7 @@ class ClusterBroker(SendsThroughRedis):
                 await self._refresh()
             wait = TOPOLOGY_INTERVAL if self.ready else TOPOLOGY_RETRY
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
+                async with deadline(wait):
                     await self._stale.wait()
 
     async def _refresh(self) -> None:
@@ -344,7 +345,7 @@ class ClusterBroker(SendsThroughRedis):
         known = [address for name in self._shards if (address := _address(name))]
         client = self.cluster.client(extra_seeds=known, **CLIENT_OPTIONS)
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT * (len(known) + 2)):
+            async with deadline(CONNECT_TIMEOUT * (len(known) + 2)):
                 await client.initialize()
         except CLUSTER_ERRORS as error:
             if self._map is None:

@@ -12,7 +12,6 @@ members at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -27,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from taxi_tornado import metrics
+from taxi_tornado.deadline import deadline
 from taxi_tornado.hub.brokers import Broker, Receiver
 from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
 from taxi_tornado.hub.cluster_url import is_cluster_url, parse_cluster_url, waiting_pool
@@ -59,7 +59,7 @@ PASSWORD_QUERY = re.compile(r"(password=)[^&]*")
 # socket_timeout None (redis-py's default is 5 s): redis-py bounds writes with it through
 # asyncio.wait_for, which on Python 3.11 returns normally when the task is cancelled as
 # the write completes (CPython gh-86296), so a cancelled sender carried on. Every command
-# is bounded by an asyncio.timeout of ours instead.
+# is bounded by a deadline of ours instead (taxi_tornado/deadline.py).
 CONNECTION_OPTIONS: dict[str, Any] = {
     "protocol": 2,
     "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -179,8 +179,8 @@ class RedisBroker(SendsThroughRedis):
         """Connect in the background; wait for the first attempt only, never for Redis."""
         self._node = self.node_id.encode()
         self._link.start()
-        with contextlib.suppress(TimeoutError):  # asyncio.timeout: see CONNECTION_OPTIONS
-            async with asyncio.timeout(CONNECT_TIMEOUT + CONFIRM_TIMEOUT):
+        with contextlib.suppress(TimeoutError):  # deadline: see CONNECTION_OPTIONS
+            async with deadline(CONNECT_TIMEOUT + CONFIRM_TIMEOUT):
                 await self._link.settled.wait()
 
     async def stop(self) -> None:
@@ -241,7 +241,7 @@ class RedisBroker(SendsThroughRedis):
         if self._spend is None:
             self._spend = self._reader.register_script(SPEND)  # EVALSHA; EVAL on NOSCRIPT
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
+            async with deadline(PUBLISH_TIMEOUT):
                 wait_ms = await self._spend(keys=[self.keys.budget(key)],
                                             args=[interval_ms(per_minute), window_ms()],
                                             client=self._reader)
@@ -256,7 +256,7 @@ class RedisBroker(SendsThroughRedis):
         if self.history is None or not self._link.up:
             return dict.fromkeys(positions)
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
+            async with deadline(PUBLISH_TIMEOUT):
                 return await self._resumes.since(positions)
         except LINK_ERRORS as error:
             log.warning("hub: reading history from %s failed (%s)",

@@ -24,6 +24,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from taxi_tornado.background import cancel_and_wait
+from taxi_tornado.deadline import deadline
 
 log = logging.getLogger("taxi_tornado.hub")
 
@@ -102,7 +103,7 @@ class SubscriberLink:
         if waiter is None:
             return
         try:
-            async with asyncio.timeout(CONFIRM_TIMEOUT):
+            async with deadline(CONFIRM_TIMEOUT):
                 await waiter
         except TimeoutError:
             log.warning("hub: Redis did not confirm %s %s within %ss", self._subscribe,
@@ -165,7 +166,7 @@ class SubscriberLink:
             waiters = [self._expect(channel) for channel in channels]
             for start in range(0, len(channels), self._batch):
                 await write(conn, self._subscribe, *channels[start:start + self._batch])
-        async with asyncio.timeout(CONFIRM_TIMEOUT + len(channels) / 10_000):
+        async with deadline(CONFIRM_TIMEOUT + len(channels) / 10_000):
             await asyncio.gather(*waiters)
         await self._on_connected()
         self._link_up(len(channels))
@@ -261,7 +262,7 @@ class SubscriberLink:
 async def write(conn: AbstractConnection, *command: Any) -> None:
     """Write one command on the link, within WRITE_TIMEOUT; redis-py drops the
     connection when the write is cut short, and the reader then sees the link fail."""
-    async with asyncio.timeout(WRITE_TIMEOUT):
+    async with deadline(WRITE_TIMEOUT):
         await conn.send_command(*command)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
+from taxi_tornado.deadline import deadline
 from taxi_tornado.hub.redis_link import CONNECT_TIMEOUT, LINK_ERRORS, connect
 
 # A PUBLISH or history append (including the wait for the publishing connection) gives
@@ -49,7 +50,7 @@ class Publisher:
         """
         written = False
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT), self._lock:
+            async with deadline(PUBLISH_TIMEOUT), self._lock:
                 conn = self._conn
                 if conn is None:
                     conn = self._conn = self._new_connection()
@@ -84,7 +85,7 @@ class Publisher:
                 await self._conn.disconnect(nowait=True)
             conn = self._conn = self._new_connection()
             with contextlib.suppress(*LINK_ERRORS):
-                async with asyncio.timeout(CONNECT_TIMEOUT):
+                async with deadline(CONNECT_TIMEOUT):
                     await connect(conn)
                     if script is not None:
                         await conn.send_command("SCRIPT", "LOAD", script)

@@ -1,0 +1,73 @@
+"""A Redis that stalls (CLIENT PAUSE: every command waits) past the hub's timeouts while a
+frame is being handled: the frame gets its answer, and the socket stays open.
+
+Most frames' handlers run inline, outside a Task of their own, up to their first wait
+(handlers/inline.py). A timeout entered there, before that first wait, once belonged to
+the task reading the socket's frames: when Redis stalled past it, that task was
+cancelled and Tornado dropped the connection without a close frame (seen in the rolling
+restart bench as sockets lost right after their resume, when a history read took more
+than a second).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from taxi_tornado.hub.redis_publisher import PUBLISH_TIMEOUT
+from tests.conftest import make_settings
+from tests.redis_server import RedisServer
+from tests.test_dispatch import Start
+
+STALL_MS = int((PUBLISH_TIMEOUT + 1.5) * 1000)
+
+
+async def stall(redis_url: str) -> None:
+    """Every client's next commands wait STALL_MS (this connection's own answer comes)."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.execute_command("CLIENT", "PAUSE", STALL_MS, "ALL")
+    finally:
+        await client.aclose()
+
+
+async def test_a_resume_whose_read_stalls_is_answered_and_the_socket_lives(
+        tmp_path: Path, start: Start, private_redis: RedisServer) -> None:
+    server = await start(make_settings(tmp_path, hub={"url": private_redis.url,
+                                                      "prefix": "stall"}))
+    user, token = await server.user("rider")
+    rider = await server.connect(token, v2=True)
+    await server.hub.send(f"user:{user.id}", {"type": "note", "data": 1})
+    event = await rider.receive()
+    await stall(private_redis.url)
+    answer = await rider.request({"type": "session.resume", "id": 1, "data": {"positions": {
+        f"user:{user.id}": {"offset": event["pos"]["offset"],
+                            "epoch": event["pos"]["epoch"]}}}}, timeout=STALL_MS / 1000 + 5)
+    assert answer["type"] == "session.resumed", answer
+    assert answer["data"]["groups"][f"user:{user.id}"]["recovered"] is False  # timed out
+    echoed = await rider.request({"type": "echo.message", "id": 2, "data": "still here"},
+                                 timeout=STALL_MS / 1000 + 5)
+    assert echoed["data"] == "still here", echoed
+
+
+async def test_a_send_that_stalls_answers_and_the_socket_lives(
+        tmp_path: Path, start: Start, private_redis: RedisServer) -> None:
+    """driver.location relays to the trip's group at once (its first wait is the send)."""
+    server = await start(make_settings(tmp_path, hub={"url": private_redis.url,
+                                                      "prefix": "stall"}))
+    _, rider_token = await server.user("rider")
+    _, driver_token = await server.user("driver", "driver")
+    rider = await server.connect(rider_token, v2=True)
+    driver = await server.connect(driver_token, v2=True)
+    trip = (await rider.request({"type": "trip.request", "id": 1, "data": {
+        "pick_up_address": "A", "drop_off_address": "B"}}))["data"]
+    claimed = await driver.request({"type": "trip.update", "id": 1, "data": {
+        "id": trip["id"], "status": "STARTED"}})
+    assert claimed["data"]["status"] == "STARTED", claimed
+    await driver.send({"type": "driver.location", "data": {"lat": 52.5, "lng": 13.4}})
+    await stall(private_redis.url)
+    await driver.send({"type": "driver.location", "data": {"lat": 52.6, "lng": 13.4}})
+    echoed = await driver.request({"type": "echo.message", "id": 2, "data": "still here"},
+                                  timeout=STALL_MS / 1000 + 5)
+    assert echoed["data"] == "still here", echoed
