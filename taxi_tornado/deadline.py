@@ -7,7 +7,8 @@ that step, before the handler's first wait, would cancel the reading task when i
 and Tornado would drop the connection without a close frame (a resume whose history read
 took more than PUBLISH_TIMEOUT lost its socket so). `deadline` first moves such a handler
 into its own task (one loop turn: run_inline hands the rest to a Task), then times out
-there. Every timeout on a path a handler can reach is a `deadline`.
+there. Every timeout on a path a handler can reach is a `deadline`, and the Redis
+connection pool's wait for a free connection (hub/cluster_url.py) leaves the step too.
 """
 
 from __future__ import annotations
@@ -30,10 +31,16 @@ def inline_step() -> Iterator[None]:
         _inline_steps -= 1
 
 
+async def leave_inline_step() -> None:
+    """In a handler's first step, go on in the handler's own task (one loop turn);
+    elsewhere, nothing."""
+    if _inline_steps:
+        await asyncio.sleep(0)
+
+
 @contextlib.asynccontextmanager
 async def deadline(seconds: float) -> AsyncIterator[None]:
     """`asyncio.timeout(seconds)` that cancels the code under it, wherever it runs."""
-    if _inline_steps:
-        await asyncio.sleep(0)  # the handler goes on in its own task
+    await leave_inline_step()
     async with asyncio.timeout(seconds):
         yield

@@ -10,11 +10,14 @@ discovers the rest, so listing two or three nodes is enough. A cluster has only 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+
+from taxi_tornado.deadline import leave_inline_step
 
 # Connections one client keeps to one Redis, and how long a command waits for a free one.
 POOL_SIZE = 64
@@ -87,6 +90,16 @@ def waiting_pool(url: str, **options: Any) -> BlockingConnectionPool:
     POOL_WAIT seconds for a free one. redis-py's default pool raises "Too many
     connections" at once past its limit: a storm of reconnecting drivers then failed
     their handshakes with a 500 instead of waiting a millisecond."""
-    pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
+    pool: BlockingConnectionPool = WaitingPool.from_url(
         url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options)
     return pool
+
+
+class WaitingPool(BlockingConnectionPool):
+    """The wait for a connection is a timeout on the current task: a frame's handler
+    still running inline moves into its own task first (taxi_tornado/deadline.py)."""
+
+    async def get_connection(self, *args: Any, **options: Any) -> Any:
+        await leave_inline_step()
+        get: Callable[..., Awaitable[Any]] = super().get_connection  # untyped in redis-py
+        return await get(*args, **options)
