@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
+from taxi_tornado.hub import redis_broker
 from taxi_tornado.hub.redis_publisher import PUBLISH_TIMEOUT
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
@@ -33,7 +35,9 @@ async def stall(redis_url: str) -> None:
 
 
 async def test_a_resume_whose_read_stalls_is_answered_and_the_socket_lives(
-        tmp_path: Path, start: Start, private_redis: RedisServer) -> None:
+        tmp_path: Path, start: Start, private_redis: RedisServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_broker, "READ_TIMEOUT", PUBLISH_TIMEOUT)  # 5 s: too long here
     server = await start(make_settings(tmp_path, hub={"url": private_redis.url,
                                                       "prefix": "stall"}))
     user, token = await server.user("rider")

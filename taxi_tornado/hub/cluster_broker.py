@@ -51,7 +51,12 @@ from taxi_tornado.hub.redis_link import (
     SubscriberLink,
     describe_error,
 )
-from taxi_tornado.hub.redis_publisher import PUBLISH_TIMEOUT, Publisher, SendFailed
+from taxi_tornado.hub.redis_publisher import (
+    PUBLISH_TIMEOUT,
+    READ_TIMEOUT,
+    Publisher,
+    SendFailed,
+)
 from taxi_tornado.hub.wire import POSITIONED_TAG, wire_header, wire_message
 
 log = logging.getLogger("taxi_tornado.hub")
@@ -238,7 +243,7 @@ class ClusterBroker(SendsThroughRedis):
         if shard is None or not shard.link.up:
             return None
         try:
-            async with deadline(PUBLISH_TIMEOUT):
+            async with deadline(READ_TIMEOUT):
                 replays = await self.history.since(self._client, {group: position})
         except CLUSTER_ERRORS as error:
             log.warning("hub: reading the history of %s from %s failed (%s)", group,

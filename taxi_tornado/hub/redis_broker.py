@@ -47,7 +47,12 @@ from taxi_tornado.hub.redis_link import (
     SubscriberLink,
     describe_error,
 )
-from taxi_tornado.hub.redis_publisher import PUBLISH_TIMEOUT, Publisher, SendFailed
+from taxi_tornado.hub.redis_publisher import (
+    PUBLISH_TIMEOUT,
+    READ_TIMEOUT,
+    Publisher,
+    SendFailed,
+)
 from taxi_tornado.hub.wire import POSITIONED_TAG, read_wire, wire_header, wire_message
 
 log = logging.getLogger("taxi_tornado.hub")
@@ -256,7 +261,7 @@ class RedisBroker(SendsThroughRedis):
         if self.history is None or not self._link.up:
             return dict.fromkeys(positions)
         try:
-            async with deadline(PUBLISH_TIMEOUT):
+            async with deadline(READ_TIMEOUT):
                 return await self._resumes.since(positions)
         except LINK_ERRORS as error:
             log.warning("hub: reading history from %s failed (%s)",

@@ -20,8 +20,13 @@ from taxi_tornado.deadline import deadline
 from taxi_tornado.hub.redis_link import CONNECT_TIMEOUT, LINK_ERRORS, connect
 
 # A PUBLISH or history append (including the wait for the publishing connection) gives
-# up after this long; so does the read of a resume.
+# up after this long.
 PUBLISH_TIMEOUT = 1.0
+# A resume's history read gives up after this long. Its client waits for the answer
+# anyway, and a read given up answers `recovered: false`, after which the client reloads
+# everything over HTTP: in a reconnect storm, reads that waited behind the process's
+# handshakes past 1 s turned 8-28 resumes a run into such reloads (rolling restart bench).
+READ_TIMEOUT = 5.0
 
 
 class SendFailed(Exception):
