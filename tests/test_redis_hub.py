@@ -119,6 +119,25 @@ async def eventually(check: Callable[[], Any], what: str, timeout: float = Deadl
     raise AssertionError(f"timed out waiting until {what}")
 
 
+async def commands_during(redis_client: aioredis.Redis, prefix: str,
+                          action: Callable[[], Awaitable[Any]]) -> tuple[list[str], Any]:
+    """The commands naming `prefix` that Redis ran while `action` ran (MONITOR), each as
+    `lua:VERB` when a script ran it and `VERB` when a client sent it; and what `action`
+    returned."""
+    marker = f"{prefix}-end"
+    commands = []
+    async with redis_client.monitor() as monitor:
+        result = await action()
+        await redis_client.echo(marker)
+        while True:
+            seen = await monitor.next_command()
+            if marker in seen["command"]:
+                return commands, result
+            if prefix in seen["command"]:
+                verb = seen["command"].split(" ")[0].upper()
+                commands.append(f"lua:{verb}" if seen["client_type"] == "lua" else verb)
+
+
 # --- delivery across processes ------------------------------------------------------------
 
 async def test_group_send_reaches_a_member_on_the_other_process(hubs: HubFactory) -> None:
@@ -295,21 +314,14 @@ async def test_a_group_send_with_history_is_one_round_trip_to_redis(
     members = [Inbox(version=2) for _ in range(10)]
     for n, member in enumerate(members):
         await (a, b)[n % 2].join(member, "drivers")
-    marker = f"{prefix}-end"
-    sent_by_us, run_by_script = [], []
-    async with redis_client.monitor() as monitor:
+    async def send() -> None:
         for n in range(5):
             await (a, b)[n % 2].send("drivers", message(n))
-        await redis_client.echo(marker)
-        while True:
-            seen = await monitor.next_command()
-            if marker in seen["command"]:
-                break
-            if prefix in seen["command"]:
-                (run_by_script if seen["client_type"] == "lua" else sent_by_us).append(
-                    seen["command"].split(" ")[0].upper())
+
+    commands, _ = await commands_during(redis_client, prefix, send)
+    sent_by_us = [verb for verb in commands if not verb.startswith("lua:")]
     assert sent_by_us == ["EVALSHA"] * 5, sent_by_us  # one command, one reply, per send
-    assert run_by_script.count("PUBLISH") == 5 and run_by_script.count("XADD") == 5
+    assert commands.count("lua:PUBLISH") == 5 and commands.count("lua:XADD") == 5
     for member in members:
         received = [await member.next() for _ in range(5)]
         assert [event["data"] for event in received] == list(range(5))
@@ -328,18 +340,11 @@ async def test_a_live_only_group_is_one_publish_a_send_and_keeps_nothing(
     on_a, on_b = Inbox(version=2), Inbox(version=2)
     await a.join(on_a, "admin")
     await b.join(on_b, "admin")
-    marker = f"{prefix}-end"
-    sent = []
-    async with redis_client.monitor() as monitor:
+    async def send() -> None:
         for n in range(5):
             await (a, b)[n % 2].send("admin", message(n))
-        await redis_client.echo(marker)
-        while True:
-            seen = await monitor.next_command()
-            if marker in seen["command"]:
-                break
-            if prefix in seen["command"]:
-                sent.append(seen["command"].split(" ")[0].upper())
+
+    sent, _ = await commands_during(redis_client, prefix, send)
     assert sent == ["PUBLISH"] * 5, sent  # not the history script
     for member in (on_a, on_b):
         received = [await member.next() for _ in range(5)]
@@ -369,21 +374,13 @@ async def test_resumes_asked_together_are_one_read_and_each_gets_its_own_answer(
     await b.send("user:1", message("mine"))
     epoch = (await member.next())["pos"]["epoch"]
     user_epoch = (await user.next())["pos"]["epoch"]
-    marker = f"{prefix}-end"
-    scripts = []
-    async with redis_client.monitor() as monitor:
-        first, second, third = await asyncio.gather(
+    commands, (first, second, third) = await commands_during(
+        redis_client, prefix, lambda: asyncio.gather(
             b.replay({"drivers": Position(3, epoch)}),
             b.replay({"drivers": Position(1, epoch), "user:1": Position(0, user_epoch)}),
-            b.replay({"drivers": Position(1, "an epoch long gone")}))
-        await redis_client.echo(marker)
-        while True:
-            seen = await monitor.next_command()
-            if marker in seen["command"]:
-                break
-            if prefix in seen["command"] and seen["client_type"] != "lua":
-                scripts.append(seen["command"].split(" ")[0].upper())
-    assert scripts == ["EVALSHA"], scripts
+            b.replay({"drivers": Position(1, "an epoch long gone")})))
+    sent_by_us = [verb for verb in commands if not verb.startswith("lua:")]
+    assert sent_by_us == ["EVALSHA"], sent_by_us
     assert [at.offset for at, _ in first["drivers"].events] == [4, 5]
     assert [at.offset for at, _ in second["drivers"].events] == [2, 3, 4, 5]
     assert [orjson.loads(payload) for _, payload in second["user:1"].events] == [
