@@ -46,7 +46,9 @@ ERROR_CODES = {
     "token_not_valid": "(auth.refresh) the token is not a valid access token",
     "key_reused": "the frame's `key` was used before by this user for another request",
     "in_progress": "a request with the same `key` is still being handled; send it again",
-    "internal": "a handler failed; the server logged it",
+    "internal": "a handler failed; the server logged it. With `retry_after`: a service the "
+                "server needs was out of reach, nothing was done; send the same frame "
+                "(same `key`) again after that many seconds",
 }
 CLOSE_CODES = {
     "1000": "normal close",

@@ -75,3 +75,24 @@ async def test_a_send_that_stalls_answers_and_the_socket_lives(
     echoed = await driver.request({"type": "echo.message", "id": 2, "data": "still here"},
                                   timeout=STALL_MS / 1000 + 5)
     assert echoed["data"] == "still here", echoed
+
+
+async def test_a_keyed_frame_while_redis_is_down_is_internal_with_a_retry_after(
+        tmp_path: Path, start: Start, private_redis: RedisServer) -> None:
+    """The keys live in Redis with a Redis hub: with Redis gone nothing was done, and the
+    answer says when to send the same frame (same key) again."""
+    server = await start(make_settings(tmp_path, hub={"url": private_redis.url,
+                                                      "prefix": "down"}))
+    _, token = await server.user("rider")
+    rider = await server.connect(token, v2=True)
+    private_redis.kill()
+    frame = {"type": "trip.request", "id": 1, "key": "k-1", "data": {
+        "pick_up_address": "A", "drop_off_address": "B"}}
+    answer = await rider.request(frame, timeout=15)
+    assert answer["type"] == "error", answer
+    assert answer["data"]["code"] == "internal"
+    assert answer["data"]["retry_after"] == 1.0, answer
+    assert "Redis" not in answer["data"]["detail"]  # nothing about the server's insides
+    private_redis.start()
+    answer = await rider.request({**frame, "id": 2}, timeout=15)
+    assert answer["type"] == "trip.updated" and answer["data"]["status"] == "REQUESTED", answer

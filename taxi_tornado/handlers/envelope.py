@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from taxi_tornado.connection import Connection
 from taxi_tornado.plugins.api import MessageType
 
@@ -23,6 +26,22 @@ def error_frame(code: str, detail: str, for_type: str | None,
     if retry_after is not None:
         data["retry_after"] = retry_after
     return {"type": "error", "data": data}
+
+
+# A frame that failed because a service the server needs did not answer (Redis down or
+# restarting, its link cut): nothing was done, and the same frame (the same `key`) may
+# come again after this many seconds.
+UNREACHABLE_RETRY_S = 1.0
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+FAILED = "The server could not handle this message."
+
+
+def internal_error(for_type: str, error: BaseException) -> dict[str, Any]:
+    """`internal`, with `retry_after` when `error` is a service out of reach, not a bug;
+    the detail says nothing of the server's insides either way."""
+    if isinstance(error, UNREACHABLE):
+        return error_frame("internal", FAILED, for_type, retry_after=UNREACHABLE_RETRY_S)
+    return error_frame("internal", FAILED, for_type)
 
 
 def refused(entry: MessageType, conn: Connection) -> tuple[str, str] | None:

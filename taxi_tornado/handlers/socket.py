@@ -31,8 +31,10 @@ from taxi_tornado.frames import DecodeError, decode, encode
 from taxi_tornado.handlers.base import SERVER_ERROR, TOKEN_INVALID, base_url, origin_allowed
 from taxi_tornado.handlers.envelope import (
     TOO_DEEP,
+    UNREACHABLE,
     echoed_id,
     error_frame,
+    internal_error,
     nests_too_deep,
     refused,
 )
@@ -339,10 +341,10 @@ class TaxiSocket(WebSocketHandler):
         except ProtocolError as error:
             return error_frame(error.code, error.detail, message_type, error.errors,
                                error.retry_after)
-        except Exception:
-            log.exception("handler for %r (plugin %s) failed", message_type, entry.plugin)
-            return error_frame("internal", "The server could not handle this message.",
-                               message_type)
+        except Exception as error:
+            log_failure(error, "handler for %r (plugin %s) failed", message_type,
+                        entry.plugin)
+            return internal_error(message_type, error)
         finally:
             metrics.handler_seconds(message_type).observe(time.perf_counter() - started)
 
@@ -356,10 +358,9 @@ class TaxiSocket(WebSocketHandler):
             return await self.services.idempotency.answer(
                 conn.user.id, key, entry.canonical, message_type, data,
                 lambda: self._handle(conn, entry, message_type, data), charge)
-        except Exception:  # the keys' store or Redis failed: the handler did not run
-            log.exception("idempotency step for %r failed", message_type)
-            return error_frame("internal", "The server could not handle this message.",
-                               message_type)
+        except Exception as error:  # the keys' store or Redis failed: the handler did not run
+            log_failure(error, "idempotency step for %r failed", message_type)
+            return internal_error(message_type, error)
 
     async def _charge_key(self, conn: Connection,
                           message_type: str) -> dict[str, Any] | None:
@@ -490,3 +491,12 @@ class TaxiSocket(WebSocketHandler):
         """Drop the TCP connection without waiting for the client's closing handshake."""
         if self.writer is not None:
             self.writer.stream.close()
+
+
+def log_failure(error: Exception, message: str, *args: Any) -> None:
+    """A service out of reach is one warning line a frame (the hub logs the outage
+    itself); anything else is a bug, logged with its traceback."""
+    if isinstance(error, UNREACHABLE):
+        log.warning(message + " (%s: %s)", *args, type(error).__name__, error)
+        return
+    log.exception(message, *args)
