@@ -409,12 +409,16 @@ async def test_resumes_read_together_share_a_failure_and_a_bounded_call() -> Non
     calls.clear()
     together = ReadTogether(answering)
     many = {f"g{n}": Position(0, "e") for n in range(MAX_READ_TOGETHER - 1)}
-    answers = await asyncio.gather(together.since(many), together.since({"x": Position(0, "e"),
-                                                                         "y": Position(0, "e")}),
-                                   together.since({"z": Position(0, "e")}))
-    assert calls == [MAX_READ_TOGETHER + 1, 1]  # full: sent at once; the next waits a turn
+    answers = await asyncio.gather(
+        together.since(many), together.since({"x": Position(0, "e"), "y": Position(0, "e")}),
+        together.since({"z": Position(0, "e"), "x": Position(0, "e")}),
+        together.since({f"big{n}": Position(0, "e") for n in range(MAX_READ_TOGETHER + 1)}))
+    # Never past the cap but for one resume larger than it, alone; the same group from
+    # the same position read once in a call (x).
+    assert calls == [MAX_READ_TOGETHER - 1, 3, MAX_READ_TOGETHER + 1]
     assert answers[0] == {group: group for group in many}
-    assert answers[1] == {"x": "x", "y": "y"} and answers[2] == {"z": "z"}
+    assert answers[1] == {"x": "x", "y": "y"} and answers[2] == {"z": "z", "x": "x"}
+    assert len(answers[3]) == MAX_READ_TOGETHER + 1
 
 
 async def test_the_sending_process_delivers_in_offset_order_with_another_sender(

@@ -189,6 +189,7 @@ class RedisBroker(SendsThroughRedis):
                 await self._link.settled.wait()
 
     async def stop(self) -> None:
+        self._resumes.close()
         await self._link.stop()
         await self._publisher.close()
         await self._pool.disconnect()
@@ -269,8 +270,11 @@ class RedisBroker(SendsThroughRedis):
             return dict.fromkeys(positions)
 
     async def _read_history(self, wanted: list[tuple[str, Position]]) -> list[Replay | None]:
+        """A batch's read, bounded on its own: its callers' deadlines end their waits,
+        not the read, which would keep a pooled connection."""
         assert self.history is not None
-        return await self.history.read(self._reader, wanted)
+        async with deadline(READ_TIMEOUT):
+            return await self.history.read(self._reader, wanted)
 
     def _send_failed(self, error: BaseException) -> None:
         metrics.HUB_PUBLISH_FAILED.inc()

@@ -110,11 +110,14 @@ END_SHA = hashlib.sha1(END.encode()).hexdigest()
 # The largest offset a group can reach (HINCRBY's); a client's offset past it is clamped,
 # so that the stream id read from stays valid (and the resume is not recovered).
 MAX_OFFSET = 2**63 - 1
-# Groups in one READ call of several resumes (ReadTogether): a bounded script run.
-MAX_READ_TOGETHER = 256
+# Reads in one READ call of several resumes (ReadTogether): each may read up to
+# hub.history_bytes, and Redis does nothing else while the script runs.
+MAX_READ_TOGETHER = 32
 
-# KEYS: meta and stream of each group in turn. ARGV: the stream id to read from, per
-# group, then the history's size and ttl in ms. Returns {epoch, offset, events} per group.
+# KEYS: meta and stream of each group in turn. ARGV: the stream id to read from and the
+# epoch the client holds, per group, then the history's size and ttl in ms. Returns
+# {epoch, offset, events} per group; no events when the epochs differ (nothing can be
+# replayed then, and a resume naming a made-up epoch reads nothing).
 READ = """
 local now = redis.call('TIME')
 local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -123,14 +126,15 @@ local size = ARGV[#ARGV - 1]
 local out = {}
 for i = 1, #KEYS, 2 do
   local meta = redis.call('HMGET', KEYS[i], 'epoch', 'offset')
-  local start = ARGV[(i + 1) / 2]
   local parts = {}
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[i + 1], start, '+', 'COUNT', size)) do
-    local fields = entry[2]
-    if tonumber(fields[2]) >= cutoff then
-      local payload = fields[4]
-      parts[#parts + 1] = string.match(entry[1], '^%d+') .. ' ' .. string.len(payload)
-        .. '\\n' .. payload
+  if meta[1] and meta[1] == ARGV[i + 1] then
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[i + 1], ARGV[i], '+', 'COUNT', size)) do
+      local fields = entry[2]
+      if tonumber(fields[2]) >= cutoff then
+        local payload = fields[4]
+        parts[#parts + 1] = string.match(entry[1], '^%d+') .. ' ' .. string.len(payload)
+          .. '\\n' .. payload
+      end
     end
   end
   out[#out + 1] = meta[1] or ''
@@ -181,9 +185,10 @@ class RedisHistory:
         """`since` for a list, in which a group may come more than once (several
         resumes read together), answered in its order."""
         keys: list[str] = []
-        for group, _ in wanted:
+        arguments: list[str] = []
+        for group, position in wanted:
             keys += (self.keys.meta(group), self.keys.stream(group))
-        arguments = [f"{min(position.offset, MAX_OFFSET) + 1}-0" for _, position in wanted]
+            arguments += (f"{min(position.offset, MAX_OFFSET) + 1}-0", position.epoch)
         if self._read is None:
             self._read = client.register_script(READ)  # EVALSHA; EVAL again on NOSCRIPT
         results = await self._read(keys=keys, args=[*arguments, self._size, self._ttl_ms],
@@ -204,8 +209,10 @@ class ReadTogether:
     than the read costs Redis. The first `since` of a turn schedules the call with
     `call_soon`; every `since` made before the loop's next turn joins it, and each caller
     awaits a future of its own (one caller giving up cancels nobody else). A read that
-    fails fails every caller of it. At most MAX_READ_TOGETHER groups go in one call; a
-    larger batch is sent at once and a new one begins.
+    fails fails every caller of it. At most MAX_READ_TOGETHER groups go in one call: a
+    resume that would take a batch past it sends the batch first (a resume of more
+    groups goes alone). The same group read from the same
+    position is read once (a storm's sockets resume the shared groups from one place).
     """
 
     def __init__(self, read: Callable[[list[tuple[str, Position]]],
@@ -219,14 +226,19 @@ class ReadTogether:
     def since(self, positions: Mapping[str, Position]
               ) -> asyncio.Future[dict[str, Replay | None]]:
         loop = asyncio.get_running_loop()
+        if self._groups + len(positions) > MAX_READ_TOGETHER:
+            self._flush()
         if not self._waiting:
             loop.call_soon(self._flush)
         future: asyncio.Future[dict[str, Replay | None]] = loop.create_future()
         self._waiting.append((list(positions.items()), future))
         self._groups += len(positions)
-        if self._groups >= MAX_READ_TOGETHER:
-            self._flush()
         return future
+
+    def close(self) -> None:
+        """Stop the reads under way; their callers get CancelledError."""
+        for task in self._running:
+            task.cancel()
 
     def _flush(self) -> None:
         if not self._waiting:
@@ -239,9 +251,9 @@ class ReadTogether:
     async def _answer(self, batch: list[tuple[list[tuple[str, Position]],
                                               asyncio.Future[dict[str, Replay | None]]]]
                       ) -> None:
-        wanted = [entry for entries, _ in batch for entry in entries]
+        wanted = list(dict.fromkeys(entry for entries, _ in batch for entry in entries))
         try:
-            replays = await self._read(wanted)
+            replays = dict(zip(wanted, await self._read(wanted), strict=True))
         except BaseException as error:  # handed to every caller
             for _, future in batch:
                 if not future.done():
@@ -249,12 +261,9 @@ class ReadTogether:
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        at = 0
         for entries, future in batch:
             if not future.done():
-                future.set_result({group: replays[at + index]
-                                   for index, (group, _) in enumerate(entries)})
-            at += len(entries)
+                future.set_result({entry[0]: replays[entry] for entry in entries})
 
 
 def _events(blob: bytes) -> list[tuple[int, bytes]]:
