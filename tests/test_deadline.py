@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import connection as redis_connection
 
 from taxi_tornado.deadline import deadline
 from taxi_tornado.handlers.inline import run_inline
-from taxi_tornado.hub.cluster_url import waiting_pool
+from taxi_tornado.hub.cluster_url import redis_client, waiting_pool
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import SHARED_REDIS
 
 
@@ -82,6 +84,34 @@ async def test_the_pools_wait_for_a_connection_leaves_the_inline_step() -> None:
     finally:
         await pool.release(held)
         await pool.disconnect()
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+async def test_redis_py_times_nothing_on_the_reading_task(
+        cluster: bool, redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py's timeouts (pool wait, connect, read) belong to the task current when
+    entered: the first command of a fresh client, sent by a handler, enters none of
+    them in the socket's reading task."""
+    entered_in: list[asyncio.Task[Any] | None] = []
+    timeout = redis_connection.async_timeout
+
+    def recording_timeout(delay: float | None) -> Any:
+        entered_in.append(asyncio.current_task())
+        return timeout(delay)
+
+    monkeypatch.setattr(redis_connection, "async_timeout", recording_timeout)
+    client = redis_client(redis_cluster.url if cluster else SHARED_REDIS)
+    readers: list[asyncio.Task[Any] | None] = []
+
+    async def handler() -> None:
+        readers.append(asyncio.current_task())  # the first step runs in the reader
+        await client.set("deadline-test", "1", px=1000)
+
+    try:
+        assert await run_as_a_frame(handler) == (False, ["done"])
+    finally:
+        await client.aclose()
+    assert entered_in and readers[0] not in entered_in
 
 
 async def test_a_deadline_outside_a_handler_is_asyncio_timeout() -> None:

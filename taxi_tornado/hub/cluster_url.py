@@ -37,7 +37,17 @@ class ClusterURL:
         """A cluster client on the seeds (more seeds may be given in `extra_seeds`)."""
         extra: list[tuple[str, int]] = options.pop("extra_seeds", [])
         nodes = [ClusterNode(host, port) for host, port in (*self.seeds, *extra)]
-        return RedisCluster(startup_nodes=nodes, **{**self.options, **options})
+        return LeavesInlineCluster(startup_nodes=nodes, **{**self.options, **options})
+
+
+class LeavesInlineCluster(RedisCluster):
+    """redis-py's cluster client times its connects and reads on the current task: a
+    frame's handler still running inline moves into its own task first
+    (taxi_tornado/deadline.py), as with WaitingPool. Scripts go through here too."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await leave_inline_step()
+        return await super().execute_command(*args, **kwargs)
 
 
 def is_cluster_url(url: str) -> bool:
