@@ -522,3 +522,37 @@ async def test_location_relay_follows_claims_and_ends_with_the_trip(
     await report(driver, 140)
     await passenger.nothing()
     await eventually_nearby(server, 1)  # free again: available
+
+
+async def test_a_socket_connecting_as_its_drivers_trip_is_canceled_leaves_them_available(
+        tmp_path: Path, start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect reads the busy mark and writes it with the presence; a trip change in
+    between (the rider cancels) waits its turn, so the mark written last is the cancel's
+    and the driver gets offers again."""
+    server = await start(nearest(tmp_path))
+    _, driver = await driver_at(server, "driver", 100)
+    passenger = await rider(server)
+    trip = await request(passenger, pick_up=None)  # broadcast: the driver may claim it
+    await expect(driver, "trip.updated")
+    assert (await claim(driver, trip["id"]))["data"]["status"] == "STARTED"
+    index = server.server.services.dispatch.locations
+    connect = index.connect
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def slow_connect(driver_id: str, version: int, busy: bool = False) -> None:
+        assert busy  # read before the cancel
+        entered.set()
+        await go.wait()  # as behind another socket's close of the same driver
+        await connect(driver_id, version, busy)
+
+    monkeypatch.setattr(index, "connect", slow_connect)
+    second = asyncio.ensure_future(server.connect(await token_of(server, "driver"), v2=True))
+    await entered.wait()
+    await passenger.send({"type": "trip.cancel", "id": "cancel", "data": {"id": trip["id"]}})
+    await asyncio.sleep(0.3)  # room for the cancel's mark to be written before the connect's
+    go.set()
+    await second
+    while (await passenger.receive()).get("id") != "cancel":
+        pass
+    await report(driver, 100)
+    await eventually_nearby(server, 1)

@@ -31,6 +31,7 @@ from taxi_tornado.dispatch.redis_geo import RedisLocationIndex
 from taxi_tornado.dispatch.redis_offers import RedisOfferBook
 from taxi_tornado.dispatch.strategy import DispatchContext, DispatchStrategy, StrategyFactory
 from taxi_tornado.hub import Hub, hub_keys, redis_client
+from taxi_tornado.keyed_locks import KeyedLocks
 from taxi_tornado.settings import Settings, SettingsError
 from taxi_tornado.store import Store
 
@@ -54,6 +55,7 @@ class Dispatch:
         self.settings = settings
         self.node = uuid.uuid4().hex
         self.redis: Redis | RedisCluster | None = None
+        self._busy_turns = KeyedLocks()
         ttl = settings.dispatch.location_ttl
         self.locations: LocationIndex
         offers: OfferBook
@@ -103,8 +105,9 @@ class Dispatch:
 
     async def driver_connected(self, conn: Connection) -> None:
         driver_id = conn.user.id
-        busy = await self.driving(driver_id)
-        await self.locations.connect(driver_id, conn.version, busy)
+        async with self._busy_turns.hold(driver_id):  # see trip_changed
+            busy = await self.driving(driver_id)
+            await self.locations.connect(driver_id, conn.version, busy)
 
     async def driver_disconnected(self, conn: Connection) -> None:
         await self.locations.disconnect(conn.user.id, conn.version)
@@ -115,9 +118,15 @@ class Dispatch:
 
     async def trip_changed(self, driver_id: str) -> None:
         """A trip the driver holds changed (claimed, moved on, canceled): update what we
-        know of what they drive, and whether that keeps them busy."""
-        await self.trips.changed(driver_id)
-        await self.locations.set_busy(driver_id, await self.driving(driver_id))
+        know of what they drive, and whether that keeps them busy.
+
+        A driver's busy mark is read and written in turn here: a socket connecting while a
+        trip is canceled could read "busy" before the cancel and write it after, and the
+        driver would get no offer until their next trip changed.
+        """
+        async with self._busy_turns.hold(driver_id):
+            await self.trips.changed(driver_id)
+            await self.locations.set_busy(driver_id, await self.driving(driver_id))
 
     async def _keep_up(self) -> None:
         config = self.settings.dispatch

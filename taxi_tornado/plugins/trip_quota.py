@@ -18,12 +18,10 @@ trip per extra process.)
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
+from taxi_tornado.keyed_locks import KeyedLocks
 from taxi_tornado.plugins.api import Connection, MessageHandler, ProtocolError
 
 
@@ -31,12 +29,12 @@ class TripQuota:
     """Wraps the trip request handler; locks live only while a rider has a request on."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._turns = KeyedLocks()
         self._handler: MessageHandler | None = None
 
     def __len__(self) -> int:
         """How many riders have a request under way in this process (their locks)."""
-        return len(self._locks)
+        return len(self._turns)
 
     def guard(self, handler: MessageHandler) -> MessageHandler:
         """`handler` behind both limits; the quota is the returned method's __self__."""
@@ -51,7 +49,7 @@ class TripQuota:
         limit = conn.settings.limits.trips_per_rider
         if not limit:
             return await self._handler(conn, data)
-        async with self._turn(conn.user.id):
+        async with self._turns.hold(conn.user.id):
             # A rider is never a trip's driver: their active trips are their own.
             if len(await conn.store.active_trip_ids(conn.user.id)) >= limit:
                 raise ProtocolError(
@@ -60,20 +58,6 @@ class TripQuota:
                     "before requesting another.",
                 )
             return await self._handler(conn, data)
-
-    @asynccontextmanager
-    async def _turn(self, rider_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(rider_id, (asyncio.Lock(), 0))
-        self._locks[rider_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[rider_id]
-            if users == 1:
-                del self._locks[rider_id]
-            else:
-                self._locks[rider_id] = (lock, users - 1)
 
 
 async def spend_a_request(conn: Connection) -> None:
