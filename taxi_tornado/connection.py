@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from taxi_tornado.dispatch.service import Dispatch
 
 
+# Close code for a socket whose events pile up (PROTOCOL.md, Close codes).
+TRY_AGAIN_LATER = 1013
+
+
 class Transport(Protocol):
     """The socket under a Connection; implemented by the WebSocket handler."""
 
@@ -120,7 +124,7 @@ class Connection:
         if held is not None:
             waiting = held.get(group)
             if waiting is not None:
-                waiting.append((position, frame))
+                self._hold_back(waiting, position, frame)
                 return
         # Per group member and send: the bookkeeping and deliver(), inlined.
         received = self._received
@@ -140,6 +144,20 @@ class Connection:
             self.deliver(frame)
         else:
             transport.write_frame(frame)
+
+    def _hold_back(self, waiting: list[tuple[Position, bytes]], position: Position,
+                   frame: bytes) -> None:
+        """Keep a live event while its group's replay is read; a group that sends more
+        than the outbound queue holds meanwhile closes the socket as a slow reader would
+        be (1013: the client resumes again), rather than keep an unbounded list."""
+        if len(waiting) < self.settings.limits.outbound_queue:
+            waiting.append((position, frame))
+            return
+        transport = self._transport
+        if transport is None:
+            self.detach()
+            return
+        transport.close(TRY_AGAIN_LATER, "too many events while resuming")  # detaches us
 
     def received(self, group: str) -> tuple[Position, Position] | None:
         """The first and last position of `group` that this connection received, in the

@@ -11,7 +11,9 @@ than a second).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -96,3 +98,36 @@ async def test_a_keyed_frame_while_redis_is_down_is_internal_with_a_retry_after(
     private_redis.start()
     answer = await rider.request({**frame, "id": 2}, timeout=15)
     assert answer["type"] == "trip.updated" and answer["data"]["status"] == "REQUESTED", answer
+
+
+async def test_a_group_that_sends_past_the_queue_while_a_resume_reads_closes_with_1013(
+        tmp_path: Path, start: Start, private_redis: RedisServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a resume reads a group's history its live events are held back, up to the
+    outbound queue: past it the socket closes as a slow reader's does, and holds nothing
+    more."""
+    server = await start(make_settings(tmp_path, hub={"url": private_redis.url,
+                                                      "prefix": "held"},
+                                       limits={"outbound_queue": 8}))
+    user, token = await server.user("rider")
+    rider = await server.connect(token, v2=True)
+    group = f"user:{user.id}"
+    await server.hub.send(group, {"type": "note", "data": 0})
+    pos = (await rider.receive())["pos"]
+    resumes = server.hub.broker._resumes
+    read, reading, go = resumes._read, asyncio.Event(), asyncio.Event()
+
+    async def slow_read(wanted: list[Any]) -> list[Any]:
+        reading.set()
+        await go.wait()  # as a read waits for Redis
+        return list(await read(wanted))
+
+    monkeypatch.setattr(resumes, "_read", slow_read)
+    await rider.send({"type": "session.resume", "id": 1, "data": {"positions": {
+        group: {"offset": pos["offset"], "epoch": pos["epoch"]}}}})
+    await reading.wait()
+    for n in range(1, 10):  # the ninth is one past the queue of 8
+        await server.hub.send(group, {"type": "note", "data": n})
+    assert await rider.ws.read_message() is None  # closed, the held events dropped
+    assert rider.ws.close_code == 1013
+    go.set()

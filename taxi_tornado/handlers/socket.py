@@ -27,6 +27,7 @@ from tornado.websocket import WebSocketHandler
 
 from taxi_tornado import metrics
 from taxi_tornado.auth import InvalidToken, token_from_request
+from taxi_tornado.connection import TRY_AGAIN_LATER
 from taxi_tornado.frames import DecodeError, decode, encode
 from taxi_tornado.handlers.base import SERVER_ERROR, TOKEN_INVALID, base_url, origin_allowed
 from taxi_tornado.handlers.envelope import (
@@ -54,7 +55,6 @@ SUBPROTOCOL_V2 = "taxi.v2"
 BEARER_SUBPROTOCOL = "bearer."
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
-TRY_AGAIN_LATER = 1013
 # nginx's status for a request whose client went away before the answer: the access log
 # shows it for an upgrade abandoned in prepare().
 CLIENT_CLOSED_REQUEST = 499
