@@ -56,7 +56,8 @@ CLOSE_CODES = {
     "1008": "policy violation (sustained abuse after rate limiting, origin)",
     "1009": "frame larger than server.max_message_size",
     "1011": "unexpected server error",
-    "1013": "the client read too slowly and its outbound queue overflowed; reconnect",
+    "1013": "the client read too slowly and its outbound queue overflowed (or a group sent "
+            "more than that queue while its resume was read); reconnect",
     "4000": "an operator closed the user's sockets; the client may reconnect at once",
     "4001": "(v2) the access token expired and was not refreshed in time",
 }
