@@ -1,7 +1,7 @@
 """Builds the application from Settings; starts it, and stops it gracefully.
 
 `Server` owns the long-lived parts (store, hub, plugins, listening sockets). `stop()` is
-the drain of ARCHITECTURE.md, Operations: stop accepting, /readyz 503, close every socket
+the drain of docs/architecture.md, Operations: stop accepting, /readyz 503, close every socket
 with 1001, wait at most drain_timeout for the sockets' closing handshakes and the HTTP
 requests under way, close broker and store.
 """
@@ -74,7 +74,7 @@ def build_application(services: Services) -> tornado.web.Application:
 
 
 def with_body_limits(app: tornado.web.Application, settings: Settings) -> BodyLimit:
-    """PROTOCOL.md: a sign-up takes a photo plus a MiB of form; every other request a MiB."""
+    """docs/protocol.md: a sign-up takes a photo plus a MiB of form; every other request a MiB."""
     return BodyLimit(app, [(SIGN_UP_PATH, settings.media.max_photo_bytes + MIB)], MIB,
                      settings.server.allowed_origins)
 

@@ -1,4 +1,4 @@
-"""Passwords (argon2) and the JWT access/refresh pair of PROTOCOL.md, "Tokens"."""
+"""Passwords (argon2) and the JWT access/refresh pair of docs/protocol.md, "Tokens"."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class TokenAuthority:
             photo=photo_url(base_url, user.photo),
         )
         if user.group == STAFF:
-            claims["staff"] = True  # PROTOCOL.md, Operators: only staff tokens carry it
+            claims["staff"] = True  # docs/protocol.md, Operators: only staff tokens carry it
         return jwt.encode(claims, self.key, algorithm=ALGORITHM, json_encoder=AtobSafeEncoder)
 
     def issue_refresh(self, user_id: str) -> str:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from taxi_tornado.dispatch.service import Dispatch
 
 
-# Close code for a socket whose events pile up (PROTOCOL.md, Close codes).
+# Close code for a socket whose events pile up (docs/protocol.md, Close codes).
 TRY_AGAIN_LATER = 1013
 
 

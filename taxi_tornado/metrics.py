@@ -1,4 +1,4 @@
-"""Prometheus series exported on /metrics (ARCHITECTURE.md, Operations).
+"""Prometheus series exported on /metrics (docs/architecture.md, Operations).
 
 Labelled children are looked up once per label value and cached. The series counted on
 every frame (frames in and out, handler time, fan-out size) are HotCounter and

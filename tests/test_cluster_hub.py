@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from taxi_tornado.hub import ClusterBroker, Hub, HubKeys, Position, publish, redis_url_problem
+from taxi_tornado.hub import ClusterBroker, Hub, HubKeys, Position, publish
 from taxi_tornado.idempotency import RedisKeys
-from taxi_tornado.settings import SettingsError, load_settings
 from tests.redis_cluster import RedisCluster
 
 # The Redis hub's contract, run here against the cluster (see the module's docstring).
@@ -171,30 +169,6 @@ async def test_request_keys_with_the_cluster_client(
         assert await keys.claim_key(user, "k1", "f" * 64, 60) is None
     finally:
         await client.aclose()
-
-
-# --- hub.url ------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("url", [
-    "redis+cluster://", "redis+cluster://h:7000,h:notaport", "redis+cluster://h:7000/1",
-    "redis+cluster://h:7000,:7001", "redis+cluster://h:7000?x=1",
-])
-def test_malformed_cluster_url_is_one_settings_line(url: str, tmp_path: Path) -> None:
-    with pytest.raises(SettingsError) as caught:
-        load_settings(environ={"TAXI_HUB_URL": url, "TAXI_DATA_DIR": str(tmp_path)},
-                      create_secret=False)
-    text = str(caught.value)
-    assert text.startswith("hub.url: ") and "\n" not in text
-    with pytest.raises(ValueError, match=r"^hub\.url: "):
-        ClusterBroker(url, "taxi")
-
-
-def test_good_cluster_urls_pass() -> None:
-    for url in ("redis+cluster://10.0.0.5:7000", "redis+cluster://h1:7000,h2:7001,h3",
-                "rediss+cluster://user:pw@h:7000/0", "redis+cluster://[::1]:7000"):
-        assert redis_url_problem(url) is None, url
-    described = ClusterBroker("redis+cluster://u:s3cret@h:7000", "t").describe()
-    assert "s3cret" not in described and "redis+cluster://u:***@h:7000" in described
 
 
 # --- a master dies (last: it changes the cluster, and restores it) ------------------------

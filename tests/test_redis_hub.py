@@ -27,7 +27,6 @@ from taxi_tornado.hub import (
     redis_url_problem,
     wire_message,
 )
-from taxi_tornado.hub.redis_history import MAX_READ_TOGETHER, ReadTogether
 from taxi_tornado.settings import SettingsError, load_settings
 from tests.conftest import free_port
 from tests.redis_server import SHARED_REDIS, RedisServer
@@ -388,39 +387,6 @@ async def test_resumes_asked_together_are_one_read_and_each_gets_its_own_answer(
     assert third == {"drivers": None}
 
 
-async def test_resumes_read_together_share_a_failure_and_a_bounded_call() -> None:
-    calls: list[int] = []
-
-    async def failing(wanted: list[tuple[str, Position]]) -> list[Any]:
-        calls.append(len(wanted))
-        raise ConnectionError("Redis went away")
-
-    together = ReadTogether(failing)
-    results = await asyncio.gather(together.since({"a": Position(1, "e")}),
-                                   together.since({"b": Position(1, "e")}),
-                                   return_exceptions=True)
-    assert calls == [2]
-    assert all(isinstance(result, ConnectionError) for result in results), results
-
-    async def answering(wanted: list[tuple[str, Position]]) -> list[Any]:
-        calls.append(len(wanted))
-        return [group for group, _ in wanted]
-
-    calls.clear()
-    together = ReadTogether(answering)
-    many = {f"g{n}": Position(0, "e") for n in range(MAX_READ_TOGETHER - 1)}
-    answers = await asyncio.gather(
-        together.since(many), together.since({"x": Position(0, "e"), "y": Position(0, "e")}),
-        together.since({"z": Position(0, "e"), "x": Position(0, "e")}),
-        together.since({f"big{n}": Position(0, "e") for n in range(MAX_READ_TOGETHER + 1)}))
-    # Never past the cap but for one resume larger than it, alone; the same group from
-    # the same position read once in a call (x).
-    assert calls == [MAX_READ_TOGETHER - 1, 3, MAX_READ_TOGETHER + 1]
-    assert answers[0] == {group: group for group in many}
-    assert answers[1] == {"x": "x", "y": "y"} and answers[2] == {"z": "z", "x": "x"}
-    assert len(answers[3]) == MAX_READ_TOGETHER + 1
-
-
 async def test_the_sending_process_delivers_in_offset_order_with_another_sender(
     hubs: HubFactory,
 ) -> None:
@@ -535,6 +501,8 @@ def test_wire_message_round_trips() -> None:
 @pytest.mark.parametrize("url", [
     "redis://host:notaport", "redis://host:99999/0", "redis://", "redis://h:6379/db",
     "unix://", "redis://h:6379/0?socket_timeout=soon",
+    "redis+cluster://", "redis+cluster://h:7000,h:notaport", "redis+cluster://h:7000/1",
+    "redis+cluster://h:7000,:7001", "redis+cluster://h:7000?x=1",
 ])
 def test_malformed_hub_url_is_one_settings_line(url: str, tmp_path: Path) -> None:
     assert redis_url_problem(url)
@@ -544,19 +512,25 @@ def test_malformed_hub_url_is_one_settings_line(url: str, tmp_path: Path) -> Non
     text = str(caught.value)
     assert text.startswith("hub.url: ") and "\n" not in text
     with pytest.raises(ValueError, match=r"^hub\.url: "):
-        RedisBroker(url, "taxi")
+        build_broker(url, "taxi")  # RedisBroker, or ClusterBroker for redis+cluster://
 
 
 def test_good_hub_urls_pass() -> None:
     for url in ("redis://127.0.0.1:6379/0", "redis://:pw@redis.internal/3", "rediss://h:6380",
-                "unix:///run/redis.sock?db=1"):
+                "unix:///run/redis.sock?db=1", "redis+cluster://10.0.0.5:7000",
+                "redis+cluster://h1:7000,h2:7001,h3", "rediss+cluster://user:pw@h:7000/0",
+                "redis+cluster://[::1]:7000"):
         assert redis_url_problem(url) is None, url
 
 
-def test_describe_names_the_url_without_the_password() -> None:
-    broker = build_broker("redis://user:s3cret@127.0.0.1:6379/0", "taxi")
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://user:s3cret@127.0.0.1:6379/0", "redis://user:***@127.0.0.1:6379/0"),
+    ("redis+cluster://u:s3cret@h:7000", "redis+cluster://u:***@h:7000"),
+])
+def test_describe_names_the_url_without_the_password(url: str, shown: str) -> None:
+    broker = build_broker(url, "taxi")
     assert "s3cret" not in broker.describe()
-    assert "redis://user:***@127.0.0.1:6379/0" in broker.describe()
+    assert shown in broker.describe()
     assert "s3cret" not in RedisBroker("unix:///r.sock?password=s3cret", "t").describe()
     assert "s3cret" not in str(redis_url_problem("redis://:s3cret@h:bad/0"))
 

@@ -115,14 +115,14 @@ async def test_a_group_that_sends_past_the_queue_while_a_resume_reads_closes_wit
     await server.hub.send(group, {"type": "note", "data": 0})
     pos = (await rider.receive())["pos"]
     resumes = server.hub.broker._resumes
-    read, reading, go = resumes._read, asyncio.Event(), asyncio.Event()
+    read, reading, go = resumes._fetch, asyncio.Event(), asyncio.Event()
 
-    async def slow_read(wanted: list[Any]) -> list[Any]:
+    async def slow_read(wanted: list[Any]) -> dict[Any, Any]:
         reading.set()
         await go.wait()  # as a read waits for Redis
-        return list(await read(wanted))
+        return dict(await read(wanted))
 
-    monkeypatch.setattr(resumes, "_read", slow_read)
+    monkeypatch.setattr(resumes, "_fetch", slow_read)
     await rider.send({"type": "session.resume", "id": 1, "data": {"positions": {
         group: {"offset": pos["offset"], "epoch": pos["epoch"]}}}})
     await reading.wait()

@@ -1,5 +1,5 @@
 """`TaxiClient`: one logical session with a taxi_tornado server, kept over any number of
-sockets (PROTOCOL.md, "Sessions that survive a phone"). It reconnects with backoff,
+sockets (docs/protocol.md, "Sessions that survive a phone"). It reconnects with backoff,
 resumes every group it heard from, keeps its token fresh on the live socket, and sends
 again the keyed requests whose replies a dropped link took.
 
@@ -48,7 +48,7 @@ State = Literal["connecting", "connected", "disconnected", "closed"]
 TokenSource = Callable[[], str | Awaitable[str]]
 Unsubscribe = Callable[[], None]
 
-#: Types whose frames carry an idempotency `key` (PROTOCOL.md, "Idempotent requests").
+#: Types whose frames carry an idempotency `key` (docs/protocol.md, "Idempotent requests").
 KEYED_TYPES: frozenset[str] = frozenset(
     {"trip.request", "trip.update", "trip.cancel", "trip.decline",
      "create.trip", "update.trip"})  # the course's names of the first two

@@ -1,6 +1,6 @@
 """Where the client stands in each group's history, and the rule that hands every group
 event to the app once and in offset order across a replay and live sends (the wire
-side is PROTOCOL.md, "Sessions that survive a phone")."""
+side is docs/protocol.md, "Sessions that survive a phone")."""
 
 from __future__ import annotations
 

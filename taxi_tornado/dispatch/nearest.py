@@ -1,5 +1,5 @@
 """`nearest`: a trip with a pick-up position is offered to the nearest available drivers,
-a batch at a time, in widening circles, until one takes it (PROTOCOL.md, Dispatch).
+a batch at a time, in widening circles, until one takes it (docs/protocol.md, Dispatch).
 
 A round offers the trip to the `dispatch.batch` nearest available v2 drivers not asked
 before, within a circle that doubles each round up to `dispatch.max_radius_m` (a circle

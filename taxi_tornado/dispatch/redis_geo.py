@@ -269,13 +269,13 @@ class RedisLocationIndex(LocationIndex):
             if after == before:
                 await self.set_busy(driver_id, busy)
                 return
+            key = self._drv_key(driver_id)
             pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(key, f"n:{self.node}", str(after))
             if busy:
-                pipe.hset(self._drv_key(driver_id), mapping={f"n:{self.node}": str(after),
-                                                             "busy": "1"})
+                pipe.hset(key, "busy", "1")
             else:
-                pipe.hset(self._drv_key(driver_id), f"n:{self.node}", str(after))
-                pipe.hdel(self._drv_key(driver_id), "busy")
+                pipe.hdel(key, "busy")
             pipe.sadd(self._connected, driver_id)
             pipe.sadd(self._node_set(self.node), driver_id)
             await pipe.execute()

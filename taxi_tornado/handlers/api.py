@@ -14,7 +14,7 @@ from taxi_tornado.store import StoreError, Trip, User
 
 
 def visible(trip: Trip, user: User) -> bool:
-    """PROTOCOL.md: a rider sees their trips; a driver their own and every REQUESTED one."""
+    """docs/protocol.md: a rider sees their trips; a driver their own and every REQUESTED one."""
     if user.group == "driver":
         return trip.driver_id == user.id or trip.status == "REQUESTED"
     return trip.rider_id == user.id

@@ -115,7 +115,7 @@ def _write_file(directory: Path, name: str, body: bytes) -> None:
 def validate_sign_up(
     fields: dict[str, Any], groups: tuple[str, ...] = GROUPS
 ) -> dict[str, list[str]]:
-    """Field errors for a sign-up body, in PROTOCOL.md's words; empty when valid.
+    """Field errors for a sign-up body, in docs/protocol.md's words; empty when valid.
 
     `groups` are the groups allowed: sign-up's riders and drivers; the terminal's
     `createuser` also allows staff.

@@ -20,7 +20,7 @@ TOO_DEEP = f"The frame nests arrays and objects deeper than {MAX_NESTING} levels
 def error_frame(code: str, detail: str, for_type: str | None,
                 errors: dict[str, list[str]] | None = None,
                 retry_after: float | None = None) -> dict[str, Any]:
-    """An error frame (PROTOCOL.md, Errors), without the `id` of the frame it answers."""
+    """An error frame (docs/protocol.md, Errors), without the `id` of the frame it answers."""
     data: dict[str, Any] = {"code": code, "detail": detail, "for": for_type,
                             "errors": errors or {}}
     if retry_after is not None:

@@ -2,7 +2,7 @@
 
 At its token's `exp` (at once for a token past it, let in by auth.leeway) a v2 socket
 gets `auth.expired`; `auth.refresh_grace` seconds after that frame, unless an
-`auth.refresh` moved its expiry meanwhile, it is closed with 4001 (PROTOCOL.md,
+`auth.refresh` moved its expiry meanwhile, it is closed with 4001 (docs/protocol.md,
 Token refresh on a live socket). A task or timer per socket would cost memory at every
 idle connection (see handlers/keepalive.py); here one heap holds each socket's next
 deadline, and one IOLoop timeout is armed for the earliest. A refresh only changes the

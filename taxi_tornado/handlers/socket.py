@@ -480,7 +480,7 @@ class TaxiSocket(WebSocketHandler):
         """Close, remembering the first code we sent: the close log line reports it.
 
         Nothing follows the close frame, and the connection leaves its groups now, not
-        when the client answers (PROTOCOL.md, Close codes).
+        when the client answers (docs/protocol.md, Close codes).
         """
         if self.close_sent is None:
             self.close_sent = code

@@ -1,4 +1,4 @@
-"""Positions in a group's history, and the in-process history (PROTOCOL.md, Sessions).
+"""Positions in a group's history, and the in-process history (docs/protocol.md, Sessions).
 
 Every group send takes the group's next offset; the last `size` events of a group, at
 most `ttl` seconds old and together at most `bytes` long, can be replayed to a client

@@ -12,6 +12,7 @@ members at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -26,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from taxi_tornado import metrics
+from taxi_tornado.coalescer import Coalescer
 from taxi_tornado.deadline import deadline
 from taxi_tornado.hub.brokers import Broker, Receiver
 from taxi_tornado.hub.budget import SPEND, interval_ms, window_ms
@@ -37,7 +39,7 @@ from taxi_tornado.hub.redis_history import (
     APPEND_SHA,
     END,
     END_SHA,
-    ReadTogether,
+    MAX_READ_TOGETHER,
     RedisHistory,
 )
 from taxi_tornado.hub.redis_link import (
@@ -161,7 +163,11 @@ class RedisBroker(SendsThroughRedis):
         self.history = RedisHistory(self.keys, self.limits) if self.limits.enabled else None
         self._pool: ConnectionPool = waiting_pool(url, **CONNECTION_OPTIONS)
         self._reader = Redis(connection_pool=self._pool)
-        self._resumes = ReadTogether(self._read_history)
+        # A reconnect storm's resumes: those of one loop turn are one READ call, a group
+        # read from one position once (one script call each cost more in redis-py than
+        # the read costs Redis).
+        self._resumes: Coalescer[tuple[str, Position], Replay | None] = Coalescer(
+            self._read_history, MAX_READ_TOGETHER)
         self._publisher = Publisher(self._connection)
         self._publish_failing = False
         self._spend: AsyncScript | None = None
@@ -258,23 +264,28 @@ class RedisBroker(SendsThroughRedis):
         return int(wait_ms) / 1000
 
     async def since(self, positions: Mapping[str, Position]) -> dict[str, Replay | None]:
-        """Read in one round trip; when Redis cannot answer in time, nothing is recovered."""
+        """Read with the other resumes of this loop turn; when Redis cannot answer in
+        time, nothing is recovered."""
         if self.history is None or not self._link.up:
             return dict.fromkeys(positions)
         try:
             async with deadline(READ_TIMEOUT):
-                return await self._resumes.since(positions)
+                replays = await asyncio.gather(*(self._resumes.get(wanted)
+                                                 for wanted in positions.items()))
+            return dict(zip(positions, replays, strict=True))
         except LINK_ERRORS as error:
             log.warning("hub: reading history from %s failed (%s)",
                         without_password(self.url), describe_error(error))
             return dict.fromkeys(positions)
 
-    async def _read_history(self, wanted: list[tuple[str, Position]]) -> list[Replay | None]:
+    async def _read_history(self, wanted: list[tuple[str, Position]]
+                            ) -> dict[tuple[str, Position], Replay | None]:
         """A batch's read, bounded on its own: its callers' deadlines end their waits,
         not the read, which would keep a pooled connection."""
         assert self.history is not None
         async with deadline(READ_TIMEOUT):
-            return await self.history.read(self._reader, wanted)
+            replays = await self.history.read(self._reader, wanted)
+        return dict(zip(wanted, replays, strict=True))
 
     def _send_failed(self, error: BaseException) -> None:
         metrics.HUB_PUBLISH_FAILED.inc()

@@ -34,10 +34,9 @@ The stream id to read from is written by the caller: Lua numbers are doubles, an
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -110,8 +109,9 @@ END_SHA = hashlib.sha1(END.encode()).hexdigest()
 # The largest offset a group can reach (HINCRBY's); a client's offset past it is clamped,
 # so that the stream id read from stays valid (and the resume is not recovered).
 MAX_OFFSET = 2**63 - 1
-# Reads in one READ call of several resumes (ReadTogether): each may read up to
-# hub.history_bytes, and Redis does nothing else while the script runs.
+# Groups in one READ call of several resumes (RedisBroker reads a loop turn's resumes
+# together): each may read up to hub.history_bytes, and Redis does nothing else while
+# the script runs.
 MAX_READ_TOGETHER = 32
 
 # KEYS: meta and stream of each group in turn. ARGV: the stream id to read from and the
@@ -199,71 +199,6 @@ class RedisHistory:
             replays.append(replay_from(position, epoch.decode() or None, int(top),
                                        _events(events)))
         return replays
-
-
-class ReadTogether:
-    """The resumes asked for during one loop turn, read with one READ call.
-
-    In a reconnect storm (a process drained, its sockets resuming on the others) every
-    handshake reads the history; one script call each cost the process more in redis-py
-    than the read costs Redis. The first `since` of a turn schedules the call with
-    `call_soon`; every `since` made before the loop's next turn joins it, and each caller
-    awaits a future of its own (one caller giving up cancels nobody else). A read that
-    fails fails every caller of it. At most MAX_READ_TOGETHER groups go in one call: a
-    resume that would take a batch past it sends the batch first (a resume of more
-    groups goes alone). The same group read from the same
-    position is read once (a storm's sockets resume the shared groups from one place).
-    """
-
-    def __init__(self, read: Callable[[list[tuple[str, Position]]],
-                                      Awaitable[list[Replay | None]]]) -> None:
-        self._read = read
-        self._waiting: list[tuple[list[tuple[str, Position]],
-                                  asyncio.Future[dict[str, Replay | None]]]] = []
-        self._groups = 0
-        self._running: set[asyncio.Task[None]] = set()
-
-    def since(self, positions: Mapping[str, Position]
-              ) -> asyncio.Future[dict[str, Replay | None]]:
-        loop = asyncio.get_running_loop()
-        if self._groups + len(positions) > MAX_READ_TOGETHER:
-            self._flush()
-        if not self._waiting:
-            loop.call_soon(self._flush)
-        future: asyncio.Future[dict[str, Replay | None]] = loop.create_future()
-        self._waiting.append((list(positions.items()), future))
-        self._groups += len(positions)
-        return future
-
-    def close(self) -> None:
-        """Stop the reads under way; their callers get CancelledError."""
-        for task in self._running:
-            task.cancel()
-
-    def _flush(self) -> None:
-        if not self._waiting:
-            return
-        batch, self._waiting, self._groups = self._waiting, [], 0
-        task = asyncio.ensure_future(self._answer(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _answer(self, batch: list[tuple[list[tuple[str, Position]],
-                                              asyncio.Future[dict[str, Replay | None]]]]
-                      ) -> None:
-        wanted = list(dict.fromkeys(entry for entries, _ in batch for entry in entries))
-        try:
-            replays = dict(zip(wanted, await self._read(wanted), strict=True))
-        except BaseException as error:  # handed to every caller
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            if isinstance(error, asyncio.CancelledError):
-                raise
-            return
-        for entries, future in batch:
-            if not future.done():
-                future.set_result({entry[0]: replays[entry] for entry in entries})
 
 
 def _events(blob: bytes) -> list[tuple[int, bytes]]:

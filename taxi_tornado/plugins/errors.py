@@ -11,7 +11,7 @@ from typing import Any
 
 
 class ProtocolError(Exception):
-    """Raised by a handler to answer the sender with an error frame (PROTOCOL.md, Errors).
+    """Raised by a handler to answer the sender with an error frame (docs/protocol.md, Errors).
 
     `retry_after` (seconds), when known, goes into the frame's data: when to try again.
     """

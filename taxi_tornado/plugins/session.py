@@ -1,4 +1,4 @@
-"""The `session` plugin: sessions that survive a phone (PROTOCOL.md, v2 only).
+"""The `session` plugin: sessions that survive a phone (docs/protocol.md, v2 only).
 
 `session.resume` replays what a reconnecting client missed from each group's history;
 `auth.refresh` gives a live socket a new access token before its old one expires (the
@@ -99,7 +99,7 @@ async def refresh(conn: Connection, data: Any) -> dict[str, Any]:
     token = data["token"]  # checked: REFRESH
     tokens = TokenAuthority(conn.settings.auth)
     try:
-        claims = tokens.verify(token, exp_leeway=0)  # PROTOCOL.md: no leeway here
+        claims = tokens.verify(token, exp_leeway=0)  # docs/protocol.md: no leeway here
     except InvalidToken:
         raise ProtocolError("token_not_valid", "Token is invalid or expired") from None
     if tokens.user_id(claims) != conn.user.id:

@@ -1,7 +1,7 @@
 """A rider's limits on trip requests: `limits.trip_requests` a minute, and
 `limits.trips_per_rider` unfinished trips at once.
 
-The budget (PROTOCOL.md, Trip-request budget) is spent first, from the hub: with the
+The budget (docs/protocol.md, Trip-request budget) is spent first, from the hub: with the
 Redis hub one budget per rider across every process, one round trip. A request past it
 is `rate_limited` with `retry_after`, and makes nothing. It bounds what request-and-
 cancel in a loop costs the drivers, the store and the history, which the quota of

@@ -66,7 +66,7 @@ class User:
     password_hash: str = field(default="", repr=False)
 
     def to_json(self, base_url: str) -> dict[str, Any]:
-        """The PROTOCOL.md User object; `base_url` is scheme://host of the request."""
+        """The docs/protocol.md User object; `base_url` is scheme://host of the request."""
         return {
             "id": self.id,
             "username": self.username,
@@ -129,7 +129,7 @@ def photo_url(base_url: str, photo: str | None) -> str | None:
 
 
 def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and Z, as PROTOCOL.md fixes."""
+    """RFC 3339 in UTC with microseconds and Z, as docs/protocol.md fixes."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 

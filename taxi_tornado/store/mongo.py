@@ -6,7 +6,7 @@ Two collections in the database named by the URL path (docs/mongodb.md shows the
 one `find_one_and_update` filtered on the expected status and driver: the server applies
 it atomically, so of many racing drivers exactly one matches.
 
-MongoDB keeps datetimes to the millisecond while PROTOCOL.md shows microseconds, so
+MongoDB keeps datetimes to the millisecond while docs/protocol.md shows microseconds, so
 every time is stored twice: `created` / `updated` as BSON dates for people and tools,
 and `created_us` / `updated_us` as integer microseconds since the epoch, which the store
 reads back and sorts on. A trip therefore round-trips exactly, and two trips made in the

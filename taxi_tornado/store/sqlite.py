@@ -10,10 +10,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import aiosqlite
 
+from taxi_tornado.coalescer import Coalescer
 from taxi_tornado.store import (
     ACTIVE_STATUSES,
     LatLng,
@@ -109,7 +110,6 @@ RETURNING claim, fingerprint, answer
 """
 PURGE_EVERY = 60.0  # seconds between two sweeps of lapsed keys
 LOCKED_RETRY_S = 10.0  # how long opening waits out a file other workers are setting up
-T = TypeVar("T")
 
 
 class SQLiteStore(Store):
@@ -410,56 +410,6 @@ class SQLiteStore(Store):
             return await self.db.execute_fetchall(query, parameters)
         except (sqlite3.Error, ValueError) as error:
             raise StoreError(f"SQLite write failed: {error}") from error
-
-
-class Coalescer(Generic[T]):
-    """Answers the keys asked for during one loop turn with one call of `fetch`.
-
-    `fetch(keys)` returns an answer for every key. The first `get` of a turn schedules
-    the batch with `call_soon`, so every `get` made before the loop's next turn joins it;
-    each caller awaits a future of its own (one caller cancelled cancels nobody else). A
-    failing fetch fails every caller of the batch with its error.
-    """
-
-    def __init__(self, fetch: Callable[[list[str]], Awaitable[dict[str, T]]]) -> None:
-        self._fetch = fetch
-        self._pending: dict[str, list[asyncio.Future[T]]] = {}
-        self._running: set[asyncio.Task[None]] = set()
-
-    def get(self, key: str) -> asyncio.Future[T]:
-        loop = asyncio.get_running_loop()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        future: asyncio.Future[T] = loop.create_future()
-        self._pending.setdefault(key, []).append(future)
-        return future
-
-    async def drain(self) -> None:
-        """Send what is pending and wait for every batch in flight (before a close)."""
-        self._flush()
-        await asyncio.gather(*self._running)
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, {}
-        if not batch:  # drained already
-            return
-        task = asyncio.ensure_future(self._answer(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _answer(self, batch: dict[str, list[asyncio.Future[T]]]) -> None:
-        try:
-            answers = await self._fetch(list(batch))
-        except Exception as error:
-            for futures in batch.values():
-                for future in futures:
-                    if not future.done():  # a cancelled caller is not told
-                        future.set_exception(error)
-            return
-        for key, futures in batch.items():
-            for future in futures:
-                if not future.done():
-                    future.set_result(answers[key])
 
 
 def _chunks(keys: list[str]) -> Iterable[list[str]]:

@@ -16,7 +16,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 export const OUTPUT = fileURLToPath(new URL("../src/protocol.ts", import.meta.url));
-/** PROTOCOL.md's built-in keyed types, for a document that does not mark them. */
+/** docs/protocol.md's built-in keyed types, for a document that does not mark them. */
 const BUILT_IN_KEYED = ["trip.request", "trip.update", "trip.cancel", "trip.decline"];
 const KEYED_MARKS = ["x-keyed", "x-taxi-keyed", "x-idempotent"];
 
@@ -127,7 +127,7 @@ export function generate(doc) {
     "",
     ...declarations.map((text) => `${text}\n`),
     ...interfaces.map((text) => `${text}\n`),
-    "/** Types whose frames carry an idempotency `key` (PROTOCOL.md, Idempotent requests). */",
+    "/** Types whose frames carry an idempotency `key` (docs/protocol.md, Idempotent requests). */",
     `export const KEYED_TYPES: readonly string[] = [${keyedList}];`,
     "",
   ].join("\n");

@@ -85,7 +85,7 @@ const REFRESH_MARGIN = 60_000;
 
 /**
  * One logical session with a taxi_tornado server, kept alive over any number of sockets
- * (PROTOCOL.md, "Sessions that survive a phone"): it reconnects with backoff, resumes
+ * (docs/protocol.md, "Sessions that survive a phone"): it reconnects with backoff, resumes
  * every group it heard from, keeps its token fresh on the live socket, and sends again
  * the keyed requests whose replies a dropped link took.
  */

@@ -4,7 +4,7 @@ import { redact } from "./redact.js";
 export type FieldErrors = Record<string, string[]>;
 
 /**
- * Why a request failed. `code` is the server's error code (PROTOCOL.md, Errors) or one
+ * Why a request failed. `code` is the server's error code (docs/protocol.md, Errors) or one
  * of the client's own: `timeout` (no reply in time), `closed` (after `close()`),
  * `disconnected` (the link dropped before the reply of a request that is not safe to
  * send twice), `queue_full` (more than 100 requests waiting for a socket), `too_big`

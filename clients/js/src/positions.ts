@@ -1,4 +1,4 @@
-/** An event's place in its group's history (PROTOCOL.md, Positions). */
+/** An event's place in its group's history (docs/protocol.md, Positions). */
 export interface Position {
   group: string;
   offset: number;

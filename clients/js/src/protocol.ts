@@ -177,5 +177,5 @@ export interface Events {
   "trip.updated": Trip;
 }
 
-/** Types whose frames carry an idempotency `key` (PROTOCOL.md, Idempotent requests). */
+/** Types whose frames carry an idempotency `key` (docs/protocol.md, Idempotent requests). */
 export const KEYED_TYPES: readonly string[] = ["create.trip", "trip.cancel", "trip.decline", "trip.request", "trip.update", "update.trip"];
